@@ -1,0 +1,14 @@
+"""netvsc: a userspace poll-mode driver for the Hyper-V / Azure synthetic NIC.
+
+Layers (bottom-up, each imports only from those below): ``wire`` (byte
+layouts), ``proto`` (session engines, no I/O), ``fastpath`` (numba kernels),
+``vmbus`` (device access, rings, signalling), ``pmd`` (the driver), ``ethdev``
+(port API), ``host`` (emulated Hyper-V host), ``apps`` and ``cli``.
+See ARCHITECTURE.md.
+"""
+
+from netvsc.errors import ConfigError, DeviceError, NetvscError, ProtocolError, RingFullError
+
+__version__ = "0.1.0"
+
+__all__ = ["ConfigError", "DeviceError", "NetvscError", "ProtocolError", "RingFullError", "__version__"]

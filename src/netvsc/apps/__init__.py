@@ -1,0 +1,1 @@
+"""Command-line applications behind the ``netvsc`` command."""

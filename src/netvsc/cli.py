@@ -1,0 +1,28 @@
+"""The ``netvsc`` command: one click group, one sub-command per application module."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from netvsc import __version__
+from netvsc.apps.bench import bench
+from netvsc.apps.devbind import devbind
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="netvsc")
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+def cli(verbose: int) -> None:
+    """Userspace poll-mode driver for the Hyper-V / Azure synthetic NIC (NetVSC)."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+cli.add_command(devbind)
+cli.add_command(bench)
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,242 @@
+"""Memory fences and 32-bit atomics for shared memory, callable from numba kernels and from Python.
+
+Ring buffers shared with another process (the host) need two things numpy does not
+have: a full fence between a store and a later load (spec/vmbus.md 3.11, the two
+"full fence required" rows) and atomic read-modify-write on 32-bit words
+(monitor-page and interrupt-page bits, CAS on a shared write index). They are
+emitted here as LLVM instructions through numba intrinsics, so a kernel pays
+one instruction, not a call.
+
+With ``NUMBA_DISABLE_JIT=1`` the same names are plain Python functions. The
+interpreter gives no ordering guarantee of its own, so that mode is for checking
+logic in tests, not for production.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import config, types
+from numba.core import cgutils
+from numba.extending import intrinsic, register_jitable
+
+__all__ = [
+    "atomic_cas_u32",
+    "atomic_load_u32",
+    "atomic_or_u32",
+    "atomic_store_u32",
+    "atomic_xchg_u32",
+    "compiler_barrier",
+    "copy_bytes",
+    "full_fence",
+]
+
+
+def _element_pointer(context, builder, arrty, arr, index):
+    ary = context.make_array(arrty)(context, builder, arr)
+    return cgutils.get_item_pointer(context, builder, arrty, ary, [index], wraparound=False)
+
+
+def _check_u32_array(arr):
+    if not (isinstance(arr, types.Array) and arr.dtype == types.uint32 and arr.ndim == 1):
+        raise TypeError("atomics need a 1-D uint32 array")
+
+
+@intrinsic
+def _fence(typingctx):
+    def codegen(context, builder, signature, args):
+        builder.fence("seq_cst")
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
+
+@intrinsic
+def _compiler_barrier(typingctx):
+    def codegen(context, builder, signature, args):
+        # A single-thread fence orders memory operations for the compiler only
+        # (no instruction is emitted on x86-64).
+        builder.fence("seq_cst", "singlethread")
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
+
+@intrinsic
+def _atomic_or(typingctx, arr, index, value):
+    _check_u32_array(arr)
+
+    def codegen(context, builder, signature, args):
+        ptr = _element_pointer(context, builder, signature.args[0], args[0], args[1])
+        val = context.cast(builder, args[2], signature.args[2], types.uint32)
+        return builder.atomic_rmw("or", ptr, val, "seq_cst")
+
+    return types.uint32(arr, index, value), codegen
+
+
+@intrinsic
+def _atomic_xchg(typingctx, arr, index, value):
+    _check_u32_array(arr)
+
+    def codegen(context, builder, signature, args):
+        ptr = _element_pointer(context, builder, signature.args[0], args[0], args[1])
+        val = context.cast(builder, args[2], signature.args[2], types.uint32)
+        return builder.atomic_rmw("xchg", ptr, val, "seq_cst")
+
+    return types.uint32(arr, index, value), codegen
+
+
+@intrinsic
+def _atomic_cas(typingctx, arr, index, expected, new):
+    _check_u32_array(arr)
+
+    def codegen(context, builder, signature, args):
+        ptr = _element_pointer(context, builder, signature.args[0], args[0], args[1])
+        exp = context.cast(builder, args[2], signature.args[2], types.uint32)
+        nv = context.cast(builder, args[3], signature.args[3], types.uint32)
+        pair = builder.cmpxchg(ptr, exp, nv, "seq_cst", "seq_cst")
+        return builder.extract_value(pair, 0)
+
+    return types.uint32(arr, index, expected, new), codegen
+
+
+@intrinsic
+def _atomic_load(typingctx, arr, index):
+    _check_u32_array(arr)
+
+    def codegen(context, builder, signature, args):
+        ptr = _element_pointer(context, builder, signature.args[0], args[0], args[1])
+        return builder.load_atomic(ptr, "seq_cst", 4)
+
+    return types.uint32(arr, index), codegen
+
+
+@intrinsic
+def _atomic_store(typingctx, arr, index, value):
+    _check_u32_array(arr)
+
+    def codegen(context, builder, signature, args):
+        ptr = _element_pointer(context, builder, signature.args[0], args[0], args[1])
+        val = context.cast(builder, args[2], signature.args[2], types.uint32)
+        builder.store_atomic(val, ptr, "seq_cst", 4)
+        return context.get_dummy_value()
+
+    return types.void(arr, index, value), codegen
+
+
+@intrinsic
+def _copy_bytes(typingctx, dst, dst_start, src, src_start, nbytes):
+    for arr in (dst, src):
+        if not (isinstance(arr, types.Array) and arr.dtype == types.uint8 and arr.ndim == 1):
+            raise TypeError("copy_bytes needs 1-D uint8 arrays")
+
+    def codegen(context, builder, signature, args):
+        dst_ptr = _element_pointer(context, builder, signature.args[0], args[0], args[1])
+        src_ptr = _element_pointer(context, builder, signature.args[2], args[2], args[3])
+        count = context.cast(builder, args[4], signature.args[4], types.intp)
+        cgutils.raw_memcpy(builder, dst_ptr, src_ptr, count, 1)
+        return context.get_dummy_value()
+
+    return types.void(dst, dst_start, src, src_start, nbytes), codegen
+
+
+if config.DISABLE_JIT:
+
+    def full_fence() -> None:
+        """Full memory fence (store-load ordering)."""
+
+    def compiler_barrier() -> None:
+        """Stop the compiler from moving memory operations across this point."""
+
+    def atomic_or_u32(arr: np.ndarray, index: int, value: int) -> int:
+        """Atomically OR ``value`` into ``arr[index]``; returns the previous value."""
+        old = int(arr[index])
+        arr[index] = np.uint32(old | int(value))
+        return old
+
+    def atomic_xchg_u32(arr: np.ndarray, index: int, value: int) -> int:
+        """Atomically replace ``arr[index]`` with ``value``; returns the previous value."""
+        old = int(arr[index])
+        arr[index] = np.uint32(value)
+        return old
+
+    def atomic_cas_u32(arr: np.ndarray, index: int, expected: int, new: int) -> int:
+        """Compare-and-swap ``arr[index]``; returns the value found (== expected on success)."""
+        old = int(arr[index])
+        if old == expected:
+            arr[index] = np.uint32(new)
+        return old
+
+    def atomic_load_u32(arr: np.ndarray, index: int) -> int:
+        """Sequentially consistent 32-bit load."""
+        return int(arr[index])
+
+    def atomic_store_u32(arr: np.ndarray, index: int, value: int) -> None:
+        """Sequentially consistent 32-bit store."""
+        arr[index] = np.uint32(value)
+
+    def copy_bytes(dst: np.ndarray, dst_start: int, src: np.ndarray, src_start: int, nbytes: int) -> None:
+        """``dst[dst_start:dst_start+nbytes] = src[src_start:src_start+nbytes]`` (no overlap)."""
+        dst[dst_start : dst_start + nbytes] = src[src_start : src_start + nbytes]
+
+elif config.BOUNDSCHECK:
+    # A checked slice copy, so that a bad range raises IndexError in bounds-checked test runs
+    # instead of being copied blindly by memcpy.
+
+    @register_jitable(inline="always")
+    def copy_bytes(dst, dst_start, src, src_start, nbytes):
+        """``dst[dst_start:dst_start+nbytes] = src[src_start:src_start+nbytes]`` (no overlap)."""
+        if (
+            nbytes < 0
+            or dst_start < 0
+            or src_start < 0
+            or dst_start + nbytes > dst.shape[0]
+            or (src_start + nbytes > src.shape[0])
+        ):
+            raise IndexError("copy_bytes: range outside an array")
+        dst[dst_start : dst_start + nbytes] = src[src_start : src_start + nbytes]
+
+
+if not config.DISABLE_JIT:
+
+    @register_jitable(inline="always")
+    def full_fence() -> None:
+        """Full memory fence (store-load ordering)."""
+        _fence()
+
+    @register_jitable(inline="always")
+    def compiler_barrier() -> None:
+        """Stop the compiler from moving memory operations across this point."""
+        _compiler_barrier()
+
+    @register_jitable(inline="always")
+    def atomic_or_u32(arr, index, value):
+        """Atomically OR ``value`` into ``arr[index]``; returns the previous value."""
+        return _atomic_or(arr, index, value)
+
+    @register_jitable(inline="always")
+    def atomic_xchg_u32(arr, index, value):
+        """Atomically replace ``arr[index]`` with ``value``; returns the previous value."""
+        return _atomic_xchg(arr, index, value)
+
+    @register_jitable(inline="always")
+    def atomic_cas_u32(arr, index, expected, new):
+        """Compare-and-swap ``arr[index]``; returns the value found (== expected on success)."""
+        return _atomic_cas(arr, index, expected, new)
+
+    @register_jitable(inline="always")
+    def atomic_load_u32(arr, index):
+        """Sequentially consistent 32-bit load."""
+        return _atomic_load(arr, index)
+
+    @register_jitable(inline="always")
+    def atomic_store_u32(arr, index, value):
+        """Sequentially consistent 32-bit store."""
+        _atomic_store(arr, index, value)
+
+    if not config.BOUNDSCHECK:
+
+        @register_jitable(inline="always")
+        def copy_bytes(dst, dst_start, src, src_start, nbytes):
+            """``dst[dst_start:dst_start+nbytes] = src[src_start:src_start+nbytes]`` as one memcpy
+            (numba copies slices byte by byte). The caller has checked both ranges."""
+            _copy_bytes(dst, dst_start, src, src_start, nbytes)
