@@ -9,6 +9,7 @@ import click
 from netvsc import __version__
 from netvsc.apps.bench import bench
 from netvsc.apps.devbind import devbind
+from netvsc.apps.host import host
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -22,6 +23,7 @@ def cli(verbose: int) -> None:
 
 cli.add_command(devbind)
 cli.add_command(bench)
+cli.add_command(host)
 
 
 def main() -> None:

@@ -30,6 +30,21 @@ The emulated irq contract, which the emulated host implements:
   counted in ``irq_writes_dropped``; it is not an error, because the only write the driver
   makes is "enable interrupts / kick the host", and the host re-checks every ring when it starts.
 
+The emulated open contract (spec 2.5: the first open of ``/dev/uioN`` opens the channel, the last
+close closes it), which the emulated host implements:
+
+- The host listens on a Unix ``SOCK_SEQPACKET`` socket at ``ROOT/dev/uioN/open``.
+- ``EmulatedUio`` connects to it when it is created and holds the connection until ``close``
+  (or until the process dies: the kernel closes the socket, as it closes a crashed process's fd).
+  The driver sends nothing on it. Like ``open(2)`` on a real uio device, the open is
+  synchronous: the host answers each connection with one 1-byte message once the channel is
+  open (ring headers initialised), and the driver waits for it (``OPEN_ACK_TIMEOUT_S``) before
+  it touches the rings; a host that accepts but never answers is a ``DeviceError``.
+- The host counts connections per device: the first one opens the channel (ring headers
+  re-initialised, the NetVSP back at VERSION); the last disconnect closes it (NVSP and RNDIS
+  state forgotten, subchannels rescinded). A connection that is refused (no host yet, or a stale
+  socket) is not an error: the device is opened without one, counted in ``open_unconnected``.
+
 Subchannels (spec 2.6): ``channels/<relid>/ring`` is the readiness signal; the kernel (or the
 emulated host, by renaming a finished file) creates it last.
 """
@@ -89,6 +104,8 @@ MAP_NAME_PREFIXES = ("txrx_rings", "int_page", "monitor_page", "recv:", "send:")
 MAP_SIZE_MAX = 1 << 30
 
 IRQ_SOCKET_NAME = "irq"
+OPEN_SOCKET_NAME = "open"
+OPEN_ACK_TIMEOUT_S = 10.0
 SUBCHANNEL_POLL_INTERVAL_S = 0.010  # DPDK's retry step (spec 2.6)
 
 _IRQ_VALUE = struct.Struct("<i")
@@ -305,10 +322,50 @@ class EmulatedUio(UioDevice):
                 f"{dev_path}: cannot bind {self._guest_socket_name}: {exc.strerror or exc}"
             ) from None
         self._socket.setblocking(False)
+        self.open_unconnected = 0
+        self._open_socket: socket.socket | None = socket.socket(
+            socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC
+        )
+        try:
+            self._open_socket.connect(self._address(OPEN_SOCKET_NAME))
+        except OSError as exc:
+            # No host listening (not started yet, or a stale socket file): open without it.
+            log.debug("%s: no host open socket (%s)", dev_path, exc.strerror or exc)
+            self._open_socket.close()
+            self._open_socket = None
+            self.open_unconnected = 1
+        else:
+            self._wait_open_ack()
 
     @property
     def emulated(self) -> bool:
         return True
+
+    def _wait_open_ack(self) -> None:
+        sock = self._open_socket
+        assert sock is not None
+        sock.settimeout(OPEN_ACK_TIMEOUT_S)
+        try:
+            ack = sock.recv(16)
+        except OSError as exc:
+            ack = b""
+            detail = exc.strerror or str(exc) or "timed out"
+        else:
+            detail = "connection closed"
+        if len(ack) != 1:
+            sock.close()
+            self._open_socket = None
+            self._socket.close()
+            with contextlib.suppress(OSError):
+                os.unlink(self._guest_socket_name, dir_fd=self._dir_fd)
+            os.close(self._dir_fd)
+            raise DeviceError(f"{self.dev_path}: the host did not acknowledge the open ({detail})")
+        sock.setblocking(False)
+
+    @property
+    def connected(self) -> bool:
+        """Whether this open is known to the emulated host (holds an ``open`` connection)."""
+        return self._open_socket is not None
 
     def _address(self, name: str) -> str:
         return f"/proc/self/fd/{self._dir_fd}/{name}"
@@ -366,6 +423,9 @@ class EmulatedUio(UioDevice):
     def close(self) -> None:
         if not self.closed:
             self._socket.close()
+            if self._open_socket is not None:
+                self._open_socket.close()  # the last close closes the channel (host side counts)
+                self._open_socket = None
             with contextlib.suppress(OSError):
                 os.unlink(self._guest_socket_name, dir_fd=self._dir_fd)
             os.close(self._dir_fd)

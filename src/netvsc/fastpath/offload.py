@@ -1,0 +1,453 @@
+"""Offload kernels of the emulated host: transmit checksums, LSO, VLAN insertion, and the
+receive-side checksum verification and VLAN stripping (spec/host.md 2.4, 3.3, 3.4).
+
+Layer 3 (fastpath). Every kernel works on ``FrameBatch``-shaped arrays (one byte arena with
+fixed-size frame slots plus one array per metadata field) and handles a whole batch per call.
+Checksums are computed from scratch over the frame (DESIGN.md §7 decision 10): the pseudo-header
+seeds guests leave in the fields are ignored. Frames come from a guest (transmit) or a backend
+(receive), so every length and offset is checked before it is used; a frame that cannot be
+processed is dropped and counted, never indexed out of range.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from netvsc.fastpath.atomics import copy_bytes
+from netvsc.fastpath.checksum import (
+    fold_checksum,
+    ones_complement_sum,
+    pseudo_header_sum_ipv4,
+    pseudo_header_sum_ipv6,
+)
+
+# Mirrors of netvsc.host.frames.TX_* (fastpath may not import host/; a test keeps them equal).
+TX_IPV4 = 0x01
+TX_IPV6 = 0x02
+TX_CSUM_IP = 0x04
+TX_CSUM_TCP = 0x08
+TX_CSUM_UDP = 0x10
+TX_LSO = 0x20
+# Extra bit of the "do in software" mask: insert the VLAN tag carried in ``vlan_tci``.
+DO_VLAN_INSERT = 0x100
+
+# Receive checksum PPI bits (wire.rndis CHECKSUM_RX_*; repeated here for the kernels).
+RX_TCP_FAILED = 0x001
+RX_UDP_FAILED = 0x002
+RX_IP_FAILED = 0x004
+RX_TCP_SUCCEEDED = 0x008
+RX_UDP_SUCCEEDED = 0x010
+RX_IP_SUCCEEDED = 0x020
+
+ETH_HEADER = 14
+ETHERTYPE_IPV4 = 0x0800
+ETHERTYPE_IPV6 = 0x86DD
+ETHERTYPE_VLAN = 0x8100
+IPV4_MIN_HEADER = 20
+IPV6_HEADER = 40
+TCP_MIN_HEADER = 20
+UDP_HEADER = 8
+PROTO_TCP = 6
+PROTO_UDP = 17
+TCP_FLAG_FIN = 0x01
+TCP_FLAG_PSH = 0x08
+TCP_FLAG_CWR = 0x80
+
+# Indices of the ``stats`` array the batch kernels update.
+STAT_DROPPED = 0
+STAT_SEGMENTS = 1
+STAT_CHECKSUMS = 2
+STAT_VLAN_INSERTED = 3
+STAT_WORDS = 4
+
+
+@njit(nogil=True, cache=True)
+def _get16(buf, at):
+    return (np.int64(buf[at]) << 8) | np.int64(buf[at + 1])
+
+
+@njit(nogil=True, cache=True)
+def _put16(buf, at, value):
+    buf[at] = np.uint8((value >> 8) & 0xFF)
+    buf[at + 1] = np.uint8(value & 0xFF)
+
+
+@njit(nogil=True, cache=True)
+def _get32(buf, at):
+    return (_get16(buf, at) << 16) | _get16(buf, at + 2)
+
+
+@njit(nogil=True, cache=True)
+def _put32(buf, at, value):
+    _put16(buf, at, (value >> 16) & 0xFFFF)
+    _put16(buf, at + 2, value & 0xFFFF)
+
+
+@njit(nogil=True, cache=True)
+def _l3_end(buf, base, length, is_ipv4):
+    """End (relative to the frame) of the IP packet: the header's length field when it is sane,
+    else the frame end (LSO senders zero the length; short frames may carry Ethernet padding)."""
+    if is_ipv4:
+        total = _get16(buf, base + ETH_HEADER + 2)
+        if IPV4_MIN_HEADER <= total <= length - ETH_HEADER:
+            return ETH_HEADER + total
+        return length
+    payload = _get16(buf, base + ETH_HEADER + 4)
+    if 0 < payload <= length - ETH_HEADER - IPV6_HEADER:
+        return ETH_HEADER + IPV6_HEADER + payload
+    return length
+
+
+@njit(nogil=True, cache=True)
+def _ipv4_header_length(buf, base, l4_offset):
+    """IHL in bytes when it fits before the transport header, else the bytes up to it."""
+    ihl = np.int64(buf[base + ETH_HEADER] & 0x0F) * 4
+    if IPV4_MIN_HEADER <= ihl <= l4_offset - ETH_HEADER:
+        return ihl
+    return l4_offset - ETH_HEADER
+
+
+@njit(nogil=True, cache=True)
+def _fill_ipv4_header_checksum(buf, base, header_length):
+    at = base + ETH_HEADER
+    _put16(buf, at + 10, 0)
+    _put16(buf, at + 10, np.int64(fold_checksum(ones_complement_sum(buf, at, header_length))))
+
+
+@njit(nogil=True, cache=True)
+def _fill_l4_checksum(buf, base, l4_offset, l4_length, is_ipv4, proto):
+    """Write the TCP or UDP checksum of ``l4_length`` bytes at ``base + l4_offset``."""
+    field = l4_offset + (16 if proto == PROTO_TCP else 6)
+    _put16(buf, base + field, 0)
+    if is_ipv4:
+        total = pseudo_header_sum_ipv4(buf, base + ETH_HEADER, proto, l4_length)
+    else:
+        total = pseudo_header_sum_ipv6(buf, base + ETH_HEADER, proto, l4_length)
+    total += ones_complement_sum(buf, base + l4_offset, l4_length)
+    value = np.int64(fold_checksum(total))
+    if value == 0 and proto == PROTO_UDP:
+        value = 0xFFFF  # a computed 0 is sent as all ones (RFC 768)
+    _put16(buf, base + field, value)
+
+
+@njit(nogil=True, cache=True)
+def _default_l4_offset(flags, l4_offset):
+    if l4_offset != 0:
+        return l4_offset
+    return ETH_HEADER + (IPV4_MIN_HEADER if flags & TX_IPV4 else IPV6_HEADER)
+
+
+@njit(nogil=True, cache=True)
+def _checksum_frame(buf, base, length, flags, l4_offset, do_mask):
+    """Fill the checksums ``flags & do_mask`` asks for; returns False if the frame's layout does
+    not allow it (nothing is written then)."""
+    want = flags & do_mask
+    is_ipv4 = (flags & TX_IPV4) != 0
+    if not (want & (TX_CSUM_IP | TX_CSUM_TCP | TX_CSUM_UDP)):
+        return True
+    if not is_ipv4 and not (flags & TX_IPV6):
+        return False
+    l4 = _default_l4_offset(flags, l4_offset)
+    minimum_l3 = IPV4_MIN_HEADER if is_ipv4 else IPV6_HEADER
+    if l4 < ETH_HEADER + minimum_l3 or l4 >= length:
+        return False
+    if want & TX_CSUM_IP and is_ipv4:
+        _fill_ipv4_header_checksum(buf, base, _ipv4_header_length(buf, base, l4))
+    if want & (TX_CSUM_TCP | TX_CSUM_UDP):
+        proto = PROTO_TCP if want & TX_CSUM_TCP else PROTO_UDP
+        end = _l3_end(buf, base, length, is_ipv4)
+        l4_length = end - l4
+        if l4_length < (TCP_MIN_HEADER if proto == PROTO_TCP else UDP_HEADER):
+            return False
+        _fill_l4_checksum(buf, base, l4, l4_length, is_ipv4, proto)
+    return True
+
+
+@njit(nogil=True, cache=True)
+def _insert_vlan(buf, base, length, tci):
+    """Insert an 802.1Q tag after the MAC addresses (the caller checked ``length + 4`` fits)."""
+    i = length - 1
+    while i >= 12:
+        buf[base + i + 4] = buf[base + i]
+        i -= 1
+    _put16(buf, base + 12, ETHERTYPE_VLAN)
+    _put16(buf, base + 14, tci & 0xFFFF)
+
+
+@njit(nogil=True, cache=True)
+def _lso_layout(src, base, length, flags, l4_offset):
+    """(l4 offset, header length) of an LSO frame, or (-1, -1) when its headers do not fit."""
+    is_ipv4 = (flags & TX_IPV4) != 0
+    if not is_ipv4 and not (flags & TX_IPV6):
+        return -1, -1
+    l4 = _default_l4_offset(flags, l4_offset)
+    minimum_l3 = IPV4_MIN_HEADER if is_ipv4 else IPV6_HEADER
+    if l4 < ETH_HEADER + minimum_l3 or l4 + TCP_MIN_HEADER > length:
+        return -1, -1
+    tcp_header = np.int64(src[base + l4 + 12] >> 4) * 4
+    if tcp_header < TCP_MIN_HEADER or l4 + tcp_header > length:
+        return -1, -1
+    return l4, l4 + tcp_header
+
+
+@njit(nogil=True, cache=True)
+def _segment(
+    src,
+    src_base,
+    length,
+    flags,
+    l4,
+    header_length,
+    mss,
+    out_data,
+    out_cap,
+    out_index,
+    out_length,
+    max_out,
+    vlan_tci,
+    vlan_sw,
+):
+    """Cut one LSO frame into MSS-sized TCP segments at ``out_index``...; returns the number of
+    segments written, or -1 when they would not fit in ``out``."""
+    payload = length - header_length
+    segments = 1 if payload <= 0 else (payload + mss - 1) // mss
+    extra = 4 if vlan_sw else 0
+    largest = header_length + (mss if payload > mss else payload) + extra
+    if out_index + segments > max_out or largest > out_cap:
+        return -1
+    is_ipv4 = (flags & TX_IPV4) != 0
+    ip = src_base + ETH_HEADER
+    first_id = _get16(src, ip + 4)
+    first_seq = _get32(src, src_base + l4 + 4)
+    tcp_flags = np.int64(src[src_base + l4 + 13])
+    ip_header = _ipv4_header_length(src, src_base, l4) if is_ipv4 else 0
+    for k in range(segments):
+        start = k * mss
+        chunk = payload - start
+        if chunk > mss:
+            chunk = mss
+        if chunk < 0:
+            chunk = 0
+        total = header_length + chunk
+        dst = (out_index + k) * out_cap
+        copy_bytes(out_data, dst, src, src_base, header_length)
+        copy_bytes(out_data, dst + header_length, src, src_base + header_length + start, chunk)
+        if is_ipv4:
+            _put16(out_data, dst + ETH_HEADER + 2, total - ETH_HEADER)
+            _put16(out_data, dst + ETH_HEADER + 4, (first_id + k) & 0xFFFF)
+            _fill_ipv4_header_checksum(out_data, dst, ip_header)
+        else:
+            _put16(out_data, dst + ETH_HEADER + 4, total - ETH_HEADER - IPV6_HEADER)
+        _put32(out_data, dst + l4 + 4, (first_seq + start) & 0xFFFFFFFF)
+        segment_flags = tcp_flags
+        if k + 1 < segments:
+            segment_flags &= ~(TCP_FLAG_FIN | TCP_FLAG_PSH)
+        if k > 0:
+            segment_flags &= ~TCP_FLAG_CWR
+        out_data[dst + l4 + 13] = np.uint8(segment_flags)
+        _fill_l4_checksum(out_data, dst, l4, total - l4, is_ipv4, PROTO_TCP)
+        if vlan_sw:
+            _insert_vlan(out_data, dst, total, vlan_tci)
+            total += 4
+        out_length[out_index + k] = total
+    return segments
+
+
+@njit(nogil=True, cache=True)
+def software_offload_batch(
+    in_data,
+    in_cap,
+    in_length,
+    in_vlan,
+    in_flags,
+    in_l4,
+    in_mss,
+    in_queue,
+    count,
+    out_data,
+    out_cap,
+    out_length,
+    out_vlan,
+    out_flags,
+    out_l4,
+    out_mss,
+    out_queue,
+    out_count,
+    do_mask,
+    stats,
+):
+    """Copy ``count`` frames into ``out`` (from ``out_count``), doing the offloads in ``do_mask``.
+
+    ``do_mask`` holds the ``TX_*`` bits the backend cannot do (plus ``DO_VLAN_INSERT``); the
+    bits done here are cleared from the frames' flags, the rest are passed on. Frames whose
+    layout does not allow the requested work, or that do not fit in ``out``, are dropped and
+    counted in ``stats``. Returns the new ``out`` count.
+    """
+    max_out = out_length.shape[0]
+    if count > in_length.shape[0]:
+        count = in_length.shape[0]
+    if in_cap * count > in_data.shape[0] or out_cap * max_out > out_data.shape[0]:
+        return out_count
+    for i in range(count):
+        length = np.int64(in_length[i])
+        base = i * in_cap
+        flags = np.int64(in_flags[i])
+        if length < ETH_HEADER or length > in_cap or out_count >= max_out:
+            stats[STAT_DROPPED] += 1
+            continue
+        tci = np.int64(in_vlan[i])
+        vlan_sw = tci >= 0 and (do_mask & DO_VLAN_INSERT) != 0
+        extra = 4 if vlan_sw else 0
+        l4 = np.int64(in_l4[i])
+        if flags & TX_LSO and do_mask & TX_LSO:
+            mss = np.int64(in_mss[i])
+            l4, header_length = _lso_layout(in_data, base, length, flags, l4)
+            if l4 < 0 or mss < 1:
+                stats[STAT_DROPPED] += 1
+                continue
+            made = _segment(
+                in_data,
+                base,
+                length,
+                flags,
+                l4,
+                header_length,
+                mss,
+                out_data,
+                out_cap,
+                out_count,
+                out_length,
+                max_out,
+                tci,
+                vlan_sw,
+            )
+            if made < 0:
+                stats[STAT_DROPPED] += 1
+                continue
+            left = flags & ~(TX_LSO | TX_CSUM_TCP | TX_CSUM_IP | TX_CSUM_UDP)
+            for k in range(made):
+                out_vlan[out_count + k] = -1 if vlan_sw else tci
+                out_flags[out_count + k] = left
+                out_l4[out_count + k] = l4 + extra
+                out_mss[out_count + k] = 0
+                out_queue[out_count + k] = in_queue[i]
+            out_count += made
+            stats[STAT_SEGMENTS] += made
+            if vlan_sw:
+                stats[STAT_VLAN_INSERTED] += made
+            continue
+        if length + extra > out_cap:
+            stats[STAT_DROPPED] += 1
+            continue
+        dst = out_count * out_cap
+        copy_bytes(out_data, dst, in_data, base, length)
+        done = flags & do_mask & (TX_CSUM_IP | TX_CSUM_TCP | TX_CSUM_UDP)
+        if flags & TX_LSO:
+            done = 0  # the backend segments, and fills the checksums of each segment itself
+        if done:
+            if not _checksum_frame(out_data, dst, length, flags, l4, done):
+                stats[STAT_DROPPED] += 1
+                continue
+            stats[STAT_CHECKSUMS] += 1
+        if vlan_sw:
+            _insert_vlan(out_data, dst, length, tci)
+            length += 4
+            stats[STAT_VLAN_INSERTED] += 1
+        out_length[out_count] = length
+        out_vlan[out_count] = -1 if vlan_sw else tci
+        out_flags[out_count] = flags & ~done
+        out_l4[out_count] = (l4 + extra) if l4 != 0 else 0
+        out_mss[out_count] = in_mss[i]
+        out_queue[out_count] = in_queue[i]
+        out_count += 1
+    return out_count
+
+
+@njit(nogil=True, cache=True)
+def _verify_l4(buf, at_ip, l4_at, l4_length, is_ipv4, proto):
+    if is_ipv4:
+        total = pseudo_header_sum_ipv4(buf, at_ip, proto, l4_length)
+    else:
+        total = pseudo_header_sum_ipv6(buf, at_ip, proto, l4_length)
+    total += ones_complement_sum(buf, l4_at, l4_length)
+    return fold_checksum(total) == 0
+
+
+@njit(nogil=True, cache=True)
+def receive_checksum_state(buf, base, length):
+    """The RX checksum PPI bits for one untagged frame, verified over its bytes (0 = not IP)."""
+    if length < ETH_HEADER:
+        return 0
+    ethertype = _get16(buf, base + 12)
+    ip = base + ETH_HEADER
+    if ethertype == ETHERTYPE_IPV4:
+        if length < ETH_HEADER + IPV4_MIN_HEADER or buf[ip] >> 4 != 4:
+            return 0
+        ihl = np.int64(buf[ip] & 0x0F) * 4
+        total = _get16(buf, ip + 2)
+        if ihl < IPV4_MIN_HEADER or total < ihl or ETH_HEADER + total > length:
+            return RX_IP_FAILED
+        if fold_checksum(ones_complement_sum(buf, ip, ihl)) != 0:
+            return RX_IP_FAILED
+        state = RX_IP_SUCCEEDED
+        if _get16(buf, ip + 6) & 0x3FFF:
+            return state  # a fragment: the transport checksum covers the reassembled packet
+        proto = np.int64(buf[ip + 9])
+        l4_at = ip + ihl
+        l4_length = total - ihl
+        is_ipv4 = True
+    elif ethertype == ETHERTYPE_IPV6:
+        if length < ETH_HEADER + IPV6_HEADER or buf[ip] >> 4 != 6:
+            return 0
+        payload = _get16(buf, ip + 4)
+        if ETH_HEADER + IPV6_HEADER + payload > length:
+            return 0
+        state = 0
+        proto = np.int64(buf[ip + 6])
+        l4_at = ip + IPV6_HEADER
+        l4_length = payload
+        is_ipv4 = False
+    else:
+        return 0
+    if proto == PROTO_TCP:
+        if l4_length < TCP_MIN_HEADER:
+            return state | RX_TCP_FAILED
+        good = _verify_l4(buf, ip, l4_at, l4_length, is_ipv4, PROTO_TCP)
+        return state | (RX_TCP_SUCCEEDED if good else RX_TCP_FAILED)
+    if proto == PROTO_UDP:
+        if l4_length < UDP_HEADER:
+            return state | RX_UDP_FAILED
+        if _get16(buf, l4_at + 6) == 0:
+            # IPv4 allows "no checksum"; IPv6 forbids it (RFC 8200 8.1).
+            return state | (RX_UDP_SUCCEEDED if is_ipv4 else RX_UDP_FAILED)
+        good = _verify_l4(buf, ip, l4_at, l4_length, is_ipv4, PROTO_UDP)
+        return state | (RX_UDP_SUCCEEDED if good else RX_UDP_FAILED)
+    return state
+
+
+@njit(nogil=True, cache=True)
+def receive_prepare_batch(data, cap, length, vlan_tci, rx_checksum, count):
+    """Strip an 802.1Q tag into ``vlan_tci`` (NDIS always strips it) and set ``rx_checksum`` from
+    a verification of the frame, for ``count`` frames received from a backend. Returns the
+    number of tags stripped."""
+    if count > length.shape[0]:
+        count = length.shape[0]
+    if cap * count > data.shape[0]:
+        return 0
+    stripped = 0
+    for i in range(count):
+        base = i * cap
+        n = np.int64(length[i])
+        if n < 0 or n > cap:
+            rx_checksum[i] = 0
+            continue
+        if n >= ETH_HEADER + 4 and vlan_tci[i] < 0 and _get16(data, base + 12) == ETHERTYPE_VLAN:
+            vlan_tci[i] = _get16(data, base + 14)
+            for j in range(12, n - 4):
+                data[base + j] = data[base + j + 4]
+            n -= 4
+            length[i] = n
+            stripped += 1
+        rx_checksum[i] = receive_checksum_state(data, base, n)
+    return stripped
