@@ -82,6 +82,9 @@ class NetVsp:
     def tick(self, now: float) -> None:
         self.stats["ticks"] += 1
 
+    def channel_opened(self, primary) -> None:
+        self.channels[0] = primary
+
     def channel_closed(self) -> None:
         self.stats["closed"] += 1
         self.channels = self.channels[:1]

@@ -318,3 +318,48 @@ def test_help_documents_options_backends_and_ctl():
         "counters",
     ):
         assert word in out, word
+
+
+def test_link_speed_through_ctl_reaches_guest_and_query(start_host):
+    """`netvsc host ctl link speed BPS` arrives as LINK_SPEED_CHANGE in 100 bit/s units and is
+    what OID_GEN_LINK_SPEED answers afterwards (issue 3 item 3; host#41)."""
+    host = start_host()
+    guest = guest_for(start_host, host)
+    guest.setup(nvsp.NVSP_VERSION_61)
+    guest.rndis_init()
+    result = host.ctl_cli("link", "speed", "25000000000")
+    assert result.returncode == 0, result.stderr
+    guest.wait(lambda: guest.indications(), "a link speed indication")
+    indication = guest.indications()[0]
+    assert indication.status == rndis.RNDIS_STATUS_LINK_SPEED_CHANGE
+    assert int.from_bytes(indication.status_buffer, "little") == 250_000_000
+    speed = guest.query(ndis.OID_GEN_LINK_SPEED)
+    assert int.from_bytes(speed.info, "little") == 250_000_000
+    bad = host.ctl_cli("link", "speed", "0")
+    assert bad.returncode != 0 and "SPEED_BPS" in bad.stderr
+
+
+def test_device_rescind_hangs_up_the_guest_and_removes_the_tree(start_host):
+    """`ctl rescind --device`: subchannels go first, then the primary; the guest's uio sees the
+    rescind and the device's sysfs entry disappears (host.md 10, host#67)."""
+    host = start_host("--devices", "2")
+    guest = guest_for(start_host, host, 0)
+    guest.setup(nvsp.NVSP_VERSION_61)
+    guest.rndis_init()
+    assert guest.request_subchannels(2) == 2
+    guest.open_subchannels(2)
+    guid = guest.dev.guid
+    # Device order in sysfs is not NIC order: find the guest's NIC by its GUID.
+    index = next(n["index"] for n in host.ctl("status")["nics"] if n["guid"] == guid)
+    assert not guest.dev.rescinded()
+    result = host.ctl_cli("rescind", "--device", "--nic", str(index))
+    assert result.returncode == 0, result.stderr
+    wait_for(guest.dev.rescinded, "the guest to see the rescind")
+    assert not (host.root / "sys/bus/vmbus/devices" / guid).exists()
+    status = {n["index"]: n for n in host.ctl("status")["nics"]}
+    assert status[index]["rescinded"] and not status[1 - index]["rescinded"]
+    # The other NIC is still served.
+    other = guest_for(start_host, host, 0)  # the only device left in the tree
+    assert other.dev.guid == status[1 - index]["guid"]
+    other.setup(nvsp.NVSP_VERSION_61)
+    other.rndis_init()

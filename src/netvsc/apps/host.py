@@ -53,10 +53,11 @@ Backends (--backend SPEC, one instance per NIC):
 CTL_HELP = """\b
 Control commands (netvsc host ctl --root DIR COMMAND):
   link up|down [--nic K]          link state, sent to the guest as status indications
+  link speed BPS [--nic K]        link speed, sent as a LINK_SPEED_CHANGE indication
   mtu N [--nic K]                 the host's MTU
   vf offer SERIAL NETDEV [--nic K]  offer a VF (serial number, netdev that plays it)
   vf revoke [--nic K]             revoke the VF
-  rescind [--nic K]               rescind the device's channels
+  rescind [--device] [--nic K]    rescind the subchannels, or the whole device
   fault NAME [VALUE] [--arg K=V] [--nic K]   inject a fault:
       drop_completions N            the next N data completions are never sent
       delay_completions S           data completions go out S seconds late
@@ -119,7 +120,7 @@ def _fail(exc: Exception) -> None:
 @click.option("--devices", default=1, show_default=True, help="Number of synthetic NICs (1-64).")
 @click.option(
     "--queues",
-    default=8,
+    default=64,
     show_default=True,
     help="Channels per NIC the host grants at most (primary + subchannels, 1-64).",
 )
@@ -270,12 +271,21 @@ _nic_option = click.option("--nic", type=int, default=None, help="NIC index (def
 
 
 @ctl.command()
-@click.argument("state", type=click.Choice(["up", "down"]))
+@click.argument("state", type=click.Choice(["up", "down", "speed"]))
+@click.argument("speed_bps", type=click.IntRange(1, 2**32 * 100 - 1), required=False)
 @_nic_option
 @click.pass_context
-def link(ctx: click.Context, state: str, nic: int | None) -> None:
-    """Set the link up or down (the guest gets MEDIA_CONNECT / MEDIA_DISCONNECT)."""
-    click.echo(json.dumps(_call(ctx, "link", up=state == "up", nic=nic)))
+def link(ctx: click.Context, state: str, speed_bps: int | None, nic: int | None) -> None:
+    """Set the link up or down (the guest gets MEDIA_CONNECT / MEDIA_DISCONNECT), or its speed
+    in bit/s (`link speed 25000000000`: the guest gets LINK_SPEED_CHANGE)."""
+    if state == "speed":
+        if speed_bps is None:
+            raise click.UsageError("link speed needs SPEED_BPS (bit/s)")
+        click.echo(json.dumps(_call(ctx, "link", speed_bps=speed_bps, nic=nic)))
+    else:
+        if speed_bps is not None:
+            raise click.UsageError(f"link {state} takes no speed")
+        click.echo(json.dumps(_call(ctx, "link", up=state == "up", nic=nic)))
 
 
 @ctl.command()
@@ -311,11 +321,13 @@ def vf_revoke(ctx: click.Context, nic: int | None) -> None:
 
 
 @ctl.command()
+@click.option("--device", is_flag=True, help="Remove the whole device (primary too), as a hot-unplug.")
 @_nic_option
 @click.pass_context
-def rescind(ctx: click.Context, nic: int | None) -> None:
-    """Rescind the NIC's channels (subchannels first)."""
-    click.echo(json.dumps(_call(ctx, "rescind", nic=nic)))
+def rescind(ctx: click.Context, device: bool, nic: int | None) -> None:
+    """Rescind the NIC's subchannels, or with --device the whole device (subchannels first,
+    then the primary; the guest's open uio connection is hung up and the tree entries vanish)."""
+    click.echo(json.dumps(_call(ctx, "rescind", device=device, nic=nic)))
 
 
 def _json_or_text(text: str) -> object:

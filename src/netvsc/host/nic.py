@@ -1101,6 +1101,22 @@ class NetVsp:
         self._last_link_change = now
         self.counts["link_indications"] += 1
 
+    def _set_link_speed(self, speed_bps: object) -> dict:
+        """A new link speed: answered by OID_GEN_LINK_SPEED from now on and indicated to the guest
+        as LINK_SPEED_CHANGE with the speed in 100 bit/s units (nvsp-rndis.md 6)."""
+        unit = ndis.LINK_SPEED_UNIT_BPS
+        valid = isinstance(speed_bps, int) and not isinstance(speed_bps, bool)
+        if not valid or not unit <= speed_bps < unit << 32:
+            raise ConfigError("link speed_bps", speed_bps, f"an integer {unit}..{(unit << 32) - 1} bit/s")
+        self.config.link_speed_bps = speed_bps
+        if self.rndis.state is rndis_proto.RndisState.OPERATIONAL and self._rx_path is not None:
+            buffer = (speed_bps // unit).to_bytes(4, "little")
+            self._queue_control(self.rndis.encode_indication(rndis.RNDIS_STATUS_LINK_SPEED_CHANGE, buffer))
+            self.counts["link_speed_indications"] += 1
+            self._process_control()
+            self._flush_signals()
+        return {"link_speed_bps": speed_bps}
+
     # -- VF ---------------------------------------------------------------------------------------
 
     def _vf_allowed(self) -> bool:
@@ -1163,6 +1179,10 @@ class NetVsp:
         self._link_told = True
         self.counts["channel_closes"] += 1
 
+    def channel_opened(self, primary: Channel) -> None:
+        """The guest opened the device again: serve the primary over its re-initialised rings."""
+        self.channels[0] = primary
+
     def control(self, command: str, **args: Any) -> dict:
         """ctl commands (host.md 6, 7, issue 3 items 7-8), each returning a JSON-able dict:
 
@@ -1175,9 +1195,11 @@ class NetVsp:
           channel+on, or value= for any of them;
         - ``counters``.
         """
+        if command == "link" and "speed_bps" in args:
+            return self._set_link_speed(args["speed_bps"])
         if command == "link":
             if "up" not in args and not args.get("flap"):
-                raise ConfigError("link up", None, "up=True, up=False or flap=True")
+                raise ConfigError("link up", None, "up=True, up=False, flap=True or speed_bps=N")
             if args.get("flap"):
                 # host.md 6: a flap is the opposite state at once, the original one a delay later.
                 original = self._link_up

@@ -46,9 +46,12 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from netvsc.errors import ConfigError, DeviceError, ProtocolError
+from netvsc.errors import ConfigError, ProtocolError
 from netvsc.fastpath.atomics import atomic_load_u32, atomic_xchg_u32
+from netvsc.host.backends import create_backend
 from netvsc.host.backends.base import Backend
+from netvsc.host.backends.vswitch import VSwitch
+from netvsc.host.capture import wrap_backend
 from netvsc.host.control import ControlServer
 from netvsc.host.tree import DEFAULT_SIZES, DeviceTree, MapSizes, NicDevice
 from netvsc.vmbus.uio import IRQ_SOCKET_NAME, OPEN_SOCKET_NAME
@@ -137,6 +140,7 @@ class _Nic:
         self.backend = backend
         self.netvsp: Any = None
         self.netvsp_used = False  # the current NetVsp has served an open already
+        self.rescinded = False  # removed by ctl rescind --device: no longer served
         self.open_connections: dict[int, socket.socket] = {}
         self.irq_peers: set[str] = set()
         self.interrupt_count = 0
@@ -159,6 +163,7 @@ class _Nic:
             "service_calls": 0,
             "service_errors": 0,
             "backend_errors": 0,
+            "rescinds": 0,
         }
 
     def address(self, name: str) -> str:
@@ -175,8 +180,10 @@ class _Nic:
         self.open_connections.clear()
         self.open_listener.close()
         self.irq_socket.close()
-        with contextlib.suppress(OSError):
-            os.close(self.dir_fd)
+        if self.dir_fd >= 0:  # idempotent: a rescinded NIC is closed again at shutdown
+            with contextlib.suppress(OSError):
+                os.close(self.dir_fd)
+            self.dir_fd = -1
 
 
 class HostServer:
@@ -239,20 +246,11 @@ class HostServer:
 
     def _make_backend(self, index: int) -> Backend:
         spec = self.options.backend
-        try:
-            backends = importlib.import_module("netvsc.host.backends")
-            create_backend = backends.create_backend
-        except (ImportError, AttributeError):
-            create_backend = None
-        if create_backend is None:
-            if spec != "null":
-                raise ConfigError("backend", spec, "'null' (no other backend is installed)")
-            return Backend()
         if spec.split(":", 1)[0] == "vswitch" and self._vswitch is None:
-            self._vswitch = _make_vswitch()
+            self._vswitch = VSwitch()
         backend = create_backend(spec, nic_index=index, vswitch=self._vswitch)
         if self.options.pcap_out:
-            backend = _wrap_capture(backend, self.options.pcap_out, index)
+            backend = wrap_backend(backend, self.options.pcap_out, nic_index=index)
         return backend
 
     def _add_nic(self, index: int) -> None:
@@ -323,9 +321,9 @@ class HostServer:
         nic.device.reset_rings()
         if nic.netvsp_used:
             # The NetVSP was sent back to VERSION by channel_closed() and keeps what outlives a
-            # close (a VF given to the guest, host.md 1.1); its primary Channel is rebuilt so the
-            # ring cursors start from the re-initialised headers, as the guest's do.
-            nic.netvsp.channels[0] = nic.device.primary_channel()
+            # close (a VF given to the guest, host.md 1.1); it takes a primary Channel over the
+            # re-initialised headers so its cursors start where the guest's do.
+            nic.netvsp.channel_opened(nic.device.primary_channel())
         nic.netvsp_used = True
         self._refresh_dispatch(force=True)
         nic.counters["channel_opens"] += 1  # counted once done: observers see the finished open
@@ -353,7 +351,7 @@ class HostServer:
         self._monitor_targets = {}
         self._int_targets = {}
         for nic in self.nics:
-            if not nic.is_open:
+            if not nic.is_open or nic.rescinded:
                 continue
             relids = nic.device.channel_relids()
             for channel_index, monitor_id in enumerate(nic.device.channel_monitor_ids()):
@@ -498,6 +496,10 @@ class HostServer:
             return {}
         if command == "counters":
             return {"nics": [self._counters(nic) for nic in self._selected(request)]}
+        if command == "rescind" and args.get("device"):
+            for nic in self._selected(request):
+                self._rescind_device(nic)
+            return {"rescinded": [nic.device.guid for nic in self._selected(request)]}
         if command in ("link", "mtu", "vf_offer", "vf_revoke", "rescind", "fault"):
             results = []
             for nic in self._selected(request):
@@ -509,6 +511,29 @@ class HostServer:
             "ping, status, counters, link, mtu, vf_offer, vf_revoke, rescind, fault, shutdown",
         )
 
+    def _rescind_device(self, nic: _Nic) -> None:
+        """Device removal (host.md 10, host#67): subchannels first, then the primary; the guest's
+        open connection is hung up (a real uio fd then returns EIO) and the tree entries vanish."""
+        if nic.rescinded:
+            return
+        if nic.is_open:
+            with contextlib.suppress(Exception):
+                nic.netvsp.channel_closed()
+        for fd in [*nic.open_connections, nic.open_listener.fileno(), nic.irq_socket.fileno()]:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(fd)
+        backend_fd = nic.backend.fileno()
+        if backend_fd is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(backend_fd)
+        nic.close_sockets()
+        nic.device.remove()
+        self.tree.nics.remove(nic.device)
+        nic.rescinded = True
+        nic.counters["rescinds"] += 1
+        self._refresh_dispatch(force=True)
+        log.info("nic %d: device rescinded", nic.device.index)
+
     def _status(self, nic: _Nic) -> dict:
         device = nic.device
         return {
@@ -519,6 +544,7 @@ class HostServer:
             "monitor_id": device.monitor_id,
             "mac": nic.config.mac.hex(":") if isinstance(nic.config.mac, bytes) else str(nic.config.mac),
             "open": nic.is_open,
+            "rescinded": nic.rescinded,
             "subchannels": [s.relid for s in device.subchannels],
         }
 
@@ -566,6 +592,8 @@ class HostServer:
         self.scan_signals()
         now = self.clock()
         for nic in self.nics:
+            if nic.rescinded:
+                continue
             if nic.backend.fileno() is None:
                 self._poll_backend(nic)
             try:
@@ -623,27 +651,3 @@ class HostServer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def _make_vswitch() -> Any:
-    """The learning switch shared by this host's NICs, if the vswitch backend provides one."""
-    try:
-        module = importlib.import_module("netvsc.host.backends.vswitch")
-    except ImportError as exc:
-        raise DeviceError(f"backend vswitch is not available: {exc}") from None
-    for name in ("VSwitch", "Vswitch", "LearningSwitch"):
-        if hasattr(module, name):
-            return getattr(module, name)()
-    return None
-
-
-def _wrap_capture(backend: Backend, path: str, index: int) -> Backend:
-    """Wrap ``backend`` so every frame is written to the pcapng file (host/capture.py)."""
-    try:
-        capture = importlib.import_module("netvsc.host.capture")
-    except ImportError as exc:
-        raise ConfigError("pcap-out", path, "a build with netvsc.host.capture", str(exc)) from None
-    wrap = getattr(capture, "wrap_backend", None) or getattr(capture, "CaptureBackend", None)
-    if wrap is None:
-        raise ConfigError("pcap-out", path, "a capture module providing wrap_backend")
-    return wrap(backend, path, nic_index=index)

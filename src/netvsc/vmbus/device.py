@@ -186,6 +186,10 @@ class VmbusDevice:
         for signaller in self.signallers.values():
             signaller.set_latency(latency_us)
 
+    def rescinded(self) -> bool:
+        """Whether the host removed this device (hot-unplug); the driver must then stop using it."""
+        return not self.closed and self.uio.rescinded()
+
     def close(self) -> None:
         if self.closed:
             return

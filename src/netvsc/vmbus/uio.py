@@ -51,6 +51,7 @@ emulated host, by renaming a finished file) creates it last.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import itertools
 import logging
@@ -190,7 +191,7 @@ def _map_file(path: Path, size: int) -> mmap.mmap:
         os.close(fd)  # the mapping keeps its own reference to the file
 
 
-class UioDevice:
+class UioDevice(abc.ABC):
     """A uio_hv_generic device: its map table, ``map(k)``, and the irq fd.
 
     Use ``open_uio`` to get the right subclass. ``close`` is idempotent.
@@ -206,22 +207,29 @@ class UioDevice:
         self.closed = False
 
     @property
+    @abc.abstractmethod
     def emulated(self) -> bool:
-        raise NotImplementedError
+        """True for the emulated host's files, False for the kernel's /dev/uioN."""
 
+    @abc.abstractmethod
     def map(self, index: int) -> mmap.mmap:
-        raise NotImplementedError
+        """Map K, read/write and shared."""
 
+    @abc.abstractmethod
     def irq_write(self, value: int) -> None:
-        raise NotImplementedError
+        """The 4-byte s32 write of uio_hv_generic's irqcontrol (spec/vmbus.md 2.4)."""
 
+    @abc.abstractmethod
     def irq_read(self, timeout: float | None = None) -> int | None:
         """Cumulative interrupt count, or None if none arrived within ``timeout`` seconds."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
+    def rescinded(self) -> bool:
+        """Whether the host removed the device (spec/vmbus.md 2.5: the uio fd then fails)."""
+
+    @abc.abstractmethod
     def fileno(self) -> int:
         """The descriptor to poll for interrupts."""
-        raise NotImplementedError
 
     def close(self) -> None:
         self.closed = True
@@ -270,6 +278,15 @@ class KernelUio(UioDevice):
             raise DeviceError(
                 f"{self.dev_path}: cannot map {index} ({info.name}): {exc.strerror or exc}"
             ) from None
+
+    def rescinded(self) -> bool:
+        if self.closed:
+            return False
+        # After a rescind the uio core reports POLLERR on the fd and read/write fail with EIO.
+        poller = select.poll()
+        poller.register(self._fd, select.POLLIN | select.POLLERR | select.POLLHUP)
+        failed = select.POLLERR | select.POLLHUP | select.POLLNVAL
+        return any(events & failed for _, events in poller.poll(0))
 
     def irq_write(self, value: int) -> None:
         if self.closed:
@@ -382,6 +399,22 @@ class EmulatedUio(UioDevice):
                 f"{path}: file holds {file_size:#x} bytes, sysfs says map {index} has {info.size:#x}"
             )
         return _map_file(path, info.size)
+
+    def rescinded(self) -> bool:
+        # The host hangs up the open connection when it removes the device (ctl rescind --device).
+        sock = self._open_socket
+        if self.closed or sock is None:
+            return False
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN | select.POLLHUP)
+        if not poller.poll(0):
+            return False
+        try:
+            return sock.recv(16, socket.MSG_PEEK) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
 
     def irq_write(self, value: int) -> None:
         if self.closed:
