@@ -17,6 +17,7 @@ from scapy.utils import PcapNgWriter as ScapyPcapNgWriter
 from scapy.utils import rdpcap, wrpcap
 
 from netvsc.errors import ConfigError
+from netvsc.fastpath import offload
 from netvsc.host.backends import create_backend, framekernels, per_nic_name
 from netvsc.host.backends.gen import GenBackend
 from netvsc.host.backends.loopback import LoopbackBackend
@@ -31,6 +32,7 @@ from netvsc.host.frames import (
     TX_LSO,
     FrameBatch,
 )
+from netvsc.host.txpath import apply_software_offloads
 from netvsc.wire import rndis
 
 MAC_A = "02:00:00:00:0a:01"
@@ -68,6 +70,30 @@ def with_garbage_checksums(packet: Ether) -> bytes:
     field = 16 if packet.haslayer(TCP) else 6
     raw[l4 + field : l4 + field + 2] = b"\xbe\xef"
     return bytes(raw)
+
+
+def host_transmit(backend, batch: FrameBatch) -> int:
+    """Transmit as the host does: software offloads for what the backend does not claim, then the backend."""
+    out = FrameBatch(max(batch.capacity, 64), batch.frame_capacity)
+    assert apply_software_offloads(batch, backend.offloads, out) == 0
+    assert backend.transmit(out) == out.count
+    return batch.count
+
+
+def host_poll(backend, batch: FrameBatch, limit: int) -> int:
+    """Poll as the host's receive path does: the new frames get their tag stripped and checksums verified."""
+    first = batch.count
+    got = backend.poll(batch, limit)
+    cap = batch.frame_capacity
+    offload.receive_prepare_batch(
+        batch.data[first * cap :],
+        cap,
+        batch.length[first:],
+        batch.vlan_tci[first:],
+        batch.rx_checksum[first:],
+        got,
+    )
+    return got
 
 
 def checksums_correct(frame: bytes) -> bool:
@@ -172,14 +198,14 @@ def test_loopback_fills_requested_checksums_and_reports_them_good():
     batch = FrameBatch(8)
     batch.append(with_garbage_checksums(udp4()), tx_flags=TX_IPV4 | TX_CSUM_IP | TX_CSUM_UDP)
     batch.append(with_garbage_checksums(tcp6()), tx_flags=TX_IPV6 | TX_CSUM_TCP)
-    assert backend.transmit(batch) == 2
+    assert host_transmit(backend, batch) == 2
     back = FrameBatch(8)
-    assert backend.poll(back, 8) == 2
+    assert host_poll(backend, back, 8) == 2
     frames = back.frames()
     assert checksums_correct(frames[0]) and checksums_correct(frames[1])
     assert back.rx_checksum[0] == GOOD_IP_UDP, hex(back.rx_checksum[0])
     assert back.rx_checksum[1] == rndis.CHECKSUM_RX_TCP_SUCCEEDED, hex(back.rx_checksum[1])
-    assert backend.poll(back, 8) == 0, "each frame comes back once"
+    assert host_poll(backend, back, 8) == 0, "each frame comes back once"
 
 
 def test_loopback_reports_bad_checksums_it_was_not_asked_to_fill():
@@ -189,9 +215,9 @@ def test_loopback_reports_bad_checksums_it_was_not_asked_to_fill():
     raw = bytearray(bytes(udp4()))
     raw[40] ^= 0xFF  # corrupt the UDP checksum only
     batch.append(bytes(raw))
-    backend.transmit(batch)
+    host_transmit(backend, batch)
     back = FrameBatch(4)
-    backend.poll(back, 4)
+    host_poll(backend, back, 4)
     assert back.rx_checksum[0] == rndis.CHECKSUM_RX_IP_SUCCEEDED | rndis.CHECKSUM_RX_UDP_FAILED
     assert back.frame(0).tobytes() == bytes(raw), "a frame without a request is not touched"
 
@@ -202,9 +228,9 @@ def test_loopback_keeps_vlan_out_of_band_and_claims_no_tso():
     assert backend.offloads.vlan_insert and not backend.offloads.tso
     batch = FrameBatch(2)
     batch.append(bytes(udp4()), vlan_tci=(5 << 13) | 42)
-    backend.transmit(batch)
+    host_transmit(backend, batch)
     back = FrameBatch(2)
-    backend.poll(back, 2)
+    host_poll(backend, back, 2)
     assert back.vlan_tci[0] == (5 << 13) | 42
     assert back.frame(0).tobytes() == bytes(udp4())
 
@@ -228,7 +254,11 @@ def test_loopback_full_queue_drops_and_counts():
 
 
 def test_lso_frame_gets_lengths_and_checksums_from_scratch():
-    """host#33: an LSO frame with zeroed IPv4 length and checksum (NDIS LSOv2) gets them filled."""
+    """host#33: an LSO frame with zeroed IPv4 length and checksum (NDIS LSOv2) gets them filled.
+
+    The host's software LSO is where a backend without TSO gets this done: every segment has
+    its lengths and checksums computed from scratch, and together they carry the frame.
+    """
     packet = (
         Ether(src=MAC_A, dst=MAC_B) / IP(src="198.18.0.1", dst="198.18.0.2") / TCP(flags="A") / (b"z" * 3000)
     )
@@ -237,12 +267,13 @@ def test_lso_frame_gets_lengths_and_checksums_from_scratch():
     raw[24:26] = b"\0\0"
     batch = FrameBatch(1)
     batch.append(bytes(raw), tx_flags=TX_IPV4 | TX_LSO, mss=1460, l4_offset=34)
-    parsed = np.zeros(framekernels.PARSE_FIELDS, dtype=np.int64)
-    refused = framekernels.fill_tx_checksums(
-        batch.data, batch.frame_capacity, batch.length, batch.tx_flags, 1, parsed
-    )
+    out = FrameBatch(8)
+    refused = apply_software_offloads(batch, LoopbackBackend.offloads, out)
     assert refused == 0
-    assert batch.frame(0).tobytes() == bytes(packet)
+    segments = [Ether(frame) for frame in out.frames()]
+    assert [len(s[TCP].payload) for s in segments] == [1460, 1460, 80]
+    assert all(checksums_correct(bytes(s)) and s[IP].len == len(s) - 14 for s in segments)
+    assert b"".join(bytes(s[TCP].payload) for s in segments) == bytes(packet[TCP].payload)
 
 
 def test_tap_header_for_checksum_lso_and_vlan():
@@ -256,7 +287,7 @@ def test_tap_header_for_checksum_lso_and_vlan():
     batch.append(with_garbage_checksums(tcp), tx_flags=TX_IPV4 | TX_LSO, mss=1400)
     batch.append(bytes(udp), tx_flags=TX_IPV4 | TX_CSUM_UDP, vlan_tci=7)
     vnet = np.zeros((3, framekernels.VNET_HDR_LEN), dtype=np.uint8)
-    parsed = np.zeros(framekernels.PARSE_FIELDS, dtype=np.int64)
+    parsed = np.zeros(offload.PARSE_FIELDS, dtype=np.int64)
     ok = framekernels.prepare_tap_tx(
         batch.data,
         batch.frame_capacity,
@@ -285,7 +316,7 @@ def test_tap_header_for_checksum_lso_and_vlan():
     assert int.from_bytes(frame[40:42], "big") == pseudo
 
 
-def test_finish_rx_strips_vlan_and_trusts_or_verifies():
+def test_tap_rx_trusts_data_valid_and_receive_path_strips_or_verifies():
     """host#18 host#19: a tagged frame is untagged into vlan_tci; DATA_VALID is trusted, else verified."""
     tagged = (
         Ether(src=MAC_A, dst=MAC_B) / Dot1Q(vlan=99, prio=3) / IP(src="198.18.0.1", dst="198.18.0.2") / UDP()
@@ -297,18 +328,12 @@ def test_finish_rx_strips_vlan_and_trusts_or_verifies():
     batch.append(bytes(bad))
     batch.append(bytes(bad))
     flags = np.array([0, framekernels.VNET_F_DATA_VALID, 0], dtype=np.uint8)
-    parsed = np.zeros(framekernels.PARSE_FIELDS, dtype=np.int64)
-    framekernels.finish_rx(
-        batch.data,
-        batch.frame_capacity,
-        batch.length,
-        batch.vlan_tci,
-        batch.rx_checksum,
-        flags,
-        0,
-        3,
-        True,
-        parsed,
+    parsed = np.zeros(offload.PARSE_FIELDS, dtype=np.int64)
+    framekernels.tap_rx_checksums(
+        batch.data, batch.frame_capacity, batch.length, batch.rx_checksum, flags, 0, 3, parsed
+    )
+    offload.receive_prepare_batch(
+        batch.data, batch.frame_capacity, batch.length, batch.vlan_tci, batch.rx_checksum, 3
     )
     assert batch.vlan_tci[0] == (3 << 13) | 99
     untagged = Ether(src=MAC_A, dst=MAC_B) / IP(src="198.18.0.1", dst="198.18.0.2") / UDP()
@@ -332,10 +357,11 @@ def test_hostile_frames_never_crash_the_kernels():
         batch.append(
             bytes(frame), tx_flags=TX_CSUM_IP | TX_CSUM_TCP | TX_CSUM_UDP | (TX_LSO if i % 3 else 0), mss=1
         )
-    parsed = np.zeros(framekernels.PARSE_FIELDS, dtype=np.int64)
-    out = np.zeros(64, dtype=np.uint32)
+    parsed = np.zeros(offload.PARSE_FIELDS, dtype=np.int64)
     vnet = np.zeros((64, framekernels.VNET_HDR_LEN), dtype=np.uint8)
-    framekernels.fill_tx_checksums(batch.data, batch.frame_capacity, batch.length, batch.tx_flags, 64, parsed)
+    offload.fill_checksums_in_place(
+        batch.data, batch.frame_capacity, batch.length, batch.tx_flags, batch.l4_offset, 64
+    )
     framekernels.prepare_tap_tx(
         batch.data,
         batch.frame_capacity,
@@ -347,14 +373,17 @@ def test_hostile_frames_never_crash_the_kernels():
         vnet,
         parsed,
     )
-    framekernels.checksum_states(batch.data, batch.frame_capacity, batch.length, 0, 64, out, parsed)
+    offload.receive_prepare_batch(
+        batch.data, batch.frame_capacity, batch.length, batch.vlan_tci, batch.rx_checksum, 64
+    )
+    out = batch.rx_checksum
     assert not np.any(out[2::4] & (rndis.CHECKSUM_RX_UDP_SUCCEEDED | rndis.CHECKSUM_RX_TCP_SUCCEEDED))
     # Lengths that lie about the slot are refused before any byte is read.
     batch.length[0] = batch.frame_capacity + 1
     batch.length[1] = -5
     assert (
-        framekernels.fill_tx_checksums(
-            batch.data, batch.frame_capacity, batch.length, batch.tx_flags, 2, parsed
+        offload.fill_checksums_in_place(
+            batch.data, batch.frame_capacity, batch.length, batch.tx_flags, batch.l4_offset, 2
         )
         == 2
     )
@@ -367,8 +396,8 @@ def test_gen_frames_are_valid_varied_and_counted():
     """gen: valid UDP/IPv4 in 198.18.0.0/15 from a locally administered MAC, flows varying, count honoured."""
     backend = create_backend("gen:size=imix,count=300,dst=02:00:00:00:00:09", nic_index=1)
     batch = FrameBatch(512, 2048)
-    assert backend.poll(batch, 512) == 300
-    assert backend.poll(batch, 512) == 0, "count reached"
+    assert host_poll(backend, batch, 512) == 300
+    assert host_poll(backend, batch, 512) == 0, "count reached"
     frames = [Ether(f) for f in batch.frames()]
     assert {len(f) for f in frames} == {60, 590, 1514}
     sizes = [len(f) for f in frames[:12]]
@@ -409,8 +438,8 @@ def test_pcap_replays_pcap_and_pcapng_with_vlan_stripped(tmp_path):
     for path in (classic, modern):
         backend = create_backend(f"pcap:{path}", nic_index=0)
         batch = FrameBatch(8)
-        assert backend.poll(batch, 8) == 2
-        assert backend.poll(batch, 8) == 0, "played once by default"
+        assert host_poll(backend, batch, 8) == 2
+        assert host_poll(backend, batch, 8) == 0, "played once by default"
         assert batch.frame(0).tobytes() == bytes(plain)
         assert batch.vlan_tci[1] == 12 and Dot1Q not in Ether(batch.frame(1).tobytes())
         assert batch.rx_checksum[0] == GOOD_IP_UDP
@@ -432,7 +461,7 @@ def test_pcap_records_transmits_as_on_the_wire(tmp_path):
     backend = create_backend(f"pcap:,{out}", nic_index=0)
     batch = FrameBatch(4)
     batch.append(with_garbage_checksums(udp4()), tx_flags=TX_CSUM_IP | TX_CSUM_UDP, vlan_tci=(1 << 13) | 30)
-    assert backend.transmit(batch) == 1
+    assert host_transmit(backend, batch) == 1
     backend.close()
     recorded = rdpcap(str(out))
     assert len(recorded) == 1
@@ -458,12 +487,12 @@ def _send(port, *packets, vlan_tci=-1):
     batch = FrameBatch(8)
     for packet in packets:
         batch.append(bytes(packet), vlan_tci=vlan_tci)
-    port.transmit(batch)
+    host_transmit(port, batch)
 
 
 def _received(port) -> list[bytes]:
     batch = FrameBatch(64)
-    port.poll(batch, 64)
+    host_poll(port, batch, 64)
     return batch.frames()
 
 
@@ -500,12 +529,12 @@ def test_vswitch_group_source_is_not_learned_and_vlan_travels():
         _send(a, udp4(src="03:00:00:00:00:01", dst=MAC_B), vlan_tci=100)
         assert switch.learned() == {}
         batch = FrameBatch(4)
-        assert b.poll(batch, 4) == 1 and batch.vlan_tci[0] == 100
+        assert host_poll(b, batch, 4) == 1 and batch.vlan_tci[0] == 100
         request = FrameBatch(2)
         request.append(with_garbage_checksums(udp4()), tx_flags=TX_CSUM_IP | TX_CSUM_UDP)
-        a.transmit(request)
+        host_transmit(a, request)
         batch.clear()
-        b.poll(batch, 4)
+        host_poll(b, batch, 4)
         assert checksums_correct(batch.frame(0).tobytes()) and batch.rx_checksum[0] == GOOD_IP_UDP
     finally:
         a.close()
@@ -533,25 +562,19 @@ def test_vswitch_port_eventfd_and_detach():
     b.close()  # idempotent
 
 
-def test_finish_rx_completes_a_partial_checksum():
+def test_tap_rx_completes_a_partial_checksum():
     """A source frame marked NEEDS_CSUM gets its transport checksum computed here and reported good."""
     raw = bytearray(bytes(udp4()))
     raw[40:42] = b"\x12\x34"  # whatever partial value the source left
     batch = FrameBatch(1)
     batch.append(bytes(raw))
     flags = np.array([framekernels.VNET_F_NEEDS_CSUM], dtype=np.uint8)
-    parsed = np.zeros(framekernels.PARSE_FIELDS, dtype=np.int64)
-    framekernels.finish_rx(
-        batch.data,
-        batch.frame_capacity,
-        batch.length,
-        batch.vlan_tci,
-        batch.rx_checksum,
-        flags,
-        0,
-        1,
-        True,
-        parsed,
+    parsed = np.zeros(offload.PARSE_FIELDS, dtype=np.int64)
+    framekernels.tap_rx_checksums(
+        batch.data, batch.frame_capacity, batch.length, batch.rx_checksum, flags, 0, 1, parsed
+    )
+    offload.receive_prepare_batch(
+        batch.data, batch.frame_capacity, batch.length, batch.vlan_tci, batch.rx_checksum, 1
     )
     assert batch.frame(0).tobytes() == bytes(udp4())
     assert batch.rx_checksum[0] == GOOD_IP_UDP
@@ -566,7 +589,7 @@ def test_tap_header_refuses_offloads_the_headers_do_not_allow():
     batch.append(tcp, tx_flags=TX_IPV4 | TX_LSO, mss=0)
     batch.append(b"\x01" * 10)  # shorter than an Ethernet header: dropped
     vnet = np.ones((3, framekernels.VNET_HDR_LEN), dtype=np.uint8)
-    parsed = np.zeros(framekernels.PARSE_FIELDS, dtype=np.int64)
+    parsed = np.zeros(offload.PARSE_FIELDS, dtype=np.int64)
     verdict = framekernels.prepare_tap_tx(
         batch.data,
         batch.frame_capacity,

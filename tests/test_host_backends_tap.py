@@ -22,6 +22,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Dot1Q, Ether
 
 from netvsc.errors import ConfigError
+from netvsc.fastpath.offload import receive_prepare_batch
 from netvsc.host.backends import create_backend
 from netvsc.host.backends.tap import open_in_netns
 from netvsc.host.frames import TX_CSUM_IP, TX_CSUM_UDP, TX_IPV4, TX_IPV6, TX_LSO, FrameBatch
@@ -115,6 +116,10 @@ def receive_until(backend, wanted, timeout: float = 5.0) -> tuple[bytes, int, in
         select.select([backend.fileno()], [], [], max(0.0, deadline - time.monotonic()))
         batch.clear()
         backend.poll(batch, 64)
+        # What the host's receive path does with every polled frame: strip the tag, verify.
+        receive_prepare_batch(
+            batch.data, batch.frame_capacity, batch.length, batch.vlan_tci, batch.rx_checksum, batch.count
+        )
         for index in range(batch.count):
             raw = batch.frame(index).tobytes()
             if wanted(Ether(raw)):

@@ -11,4 +11,21 @@ from netvsc.errors import ConfigError, DeviceError, NetvscError, ProtocolError, 
 
 __version__ = "0.1.0"
 
-__all__ = ["ConfigError", "DeviceError", "NetvscError", "ProtocolError", "RingFullError", "__version__"]
+__all__ = [
+    "ConfigError",
+    "DeviceError",
+    "NetvscError",
+    "ProtocolError",
+    "RingFullError",
+    "__version__",
+    "probe",
+]
+
+
+def __getattr__(name: str):
+    # ``netvsc.probe`` is loaded on first use, so ``import netvsc`` stays cheap (no numpy, no sysfs).
+    if name == "probe":
+        from netvsc.pmd.probe import probe
+
+        return probe
+    raise AttributeError(f"module 'netvsc' has no attribute {name!r}")

@@ -10,6 +10,7 @@ from netvsc import __version__
 from netvsc.apps.bench import bench
 from netvsc.apps.devbind import devbind
 from netvsc.apps.host import host
+from netvsc.apps.info import info
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -24,6 +25,7 @@ def cli(verbose: int) -> None:
 cli.add_command(devbind)
 cli.add_command(bench)
 cli.add_command(host)
+cli.add_command(info)
 
 
 def main() -> None:

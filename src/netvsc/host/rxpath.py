@@ -9,8 +9,10 @@ Layer 7 (host).
   transaction id it was sent under, on the channel it was sent on (2.5); completions are
   accepted in any order and an unknown or repeated id releases nothing.
 - ``ReceivePath`` delivers a ``FrameBatch`` from a backend: VLAN tags stripped and checksums
-  verified (fastpath.offload), RSS steering (host.rss), the packet filter (4.5), one RNDIS
-  PACKET_MSG per slot in OpenVMM's layout (2.4), and up to 375 ranges per transfer-page packet.
+  verified (fastpath.offload; the one place for both, for every backend: a state a backend
+  already set, a TAP's DATA_VALID, is kept, a frame with state 0 is verified), RSS steering
+  (host.rss), the packet filter (4.5), one RNDIS PACKET_MSG per slot in OpenVMM's layout
+  (2.4), and up to 375 ranges per transfer-page packet.
   With no free slot a frame is dropped and counted, never queued (2.6); when the channel's ring
   is full the whole packet is dropped and its slots freed at once.
 

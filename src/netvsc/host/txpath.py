@@ -10,7 +10,8 @@ Layer 7 (host).
   previous one's length) are validated as OpenVMM does (3.2, 3.4) in one numba call; any
   failure makes the whole VMBus packet a FAILURE (status 2) and appends nothing.
 - ``apply_software_offloads`` performs, with the kernels of ``fastpath.offload``, the checksums,
-  LSO segmentation and VLAN insertion the backend's ``BackendOffloads`` does not claim.
+  LSO segmentation and VLAN insertion the backend's ``BackendOffloads`` does not claim; the
+  one place the host does transmit offloads in software (backends do none of their own).
 """
 
 from __future__ import annotations

@@ -8,8 +8,11 @@ buffers owned by the caller (OpenVMM's ``net_backend::Queue``; spec/host.md 9):
   to the kernel through the virtio-net header) and the rest is done in software before the
   call if ``offloads`` says the backend cannot. Returns the number of frames consumed; the
   host completes the guest's packets once their frames are consumed.
-- ``poll(batch, limit)``: appends up to ``limit`` received frames to ``batch`` (rx metadata
-  filled where known: VLAN stripped into ``vlan_tci``, ``rx_checksum``); returns how many.
+- ``poll(batch, limit)``: appends up to ``limit`` received frames to ``batch``, as they came
+  off the wire (an 802.1Q tag still inline; ``vlan_tci`` set only where the tag was carried
+  out of band), and returns how many. ``rx_checksum`` stays 0 unless the backend's source
+  verified the frame itself (a TAP's DATA_VALID): the host's receive path strips tags and
+  verifies every other frame (``fastpath.offload.receive_prepare_batch``).
 - ``fileno()``: a file descriptor that becomes readable when ``poll`` has frames, or None
   for backends that are always ready or never have any (the host loop then polls them).
 - ``link_up``: the backend's carrier; the host turns changes into RNDIS status indications.

@@ -10,7 +10,8 @@ Layer 7 (host). Spec ``gen[:rate=PPS,size=N|MIN-MAX|imix,count=N,dst=MAC]``:
 
 A pool of frames is built once (source 198.18.x.y from a locally administered MAC, to
 198.19.<nic>.1, source and destination ports varying so RSS spreads the flows; checksums
-correct and reported good) and copied into batches by one kernel call per poll. Transmits
+correct, and reported good by the host's receive path, which verifies them like any other
+backend's frames) and copied into batches by one kernel call per poll. Transmits
 are counted and dropped (claiming every offload, like ``null``).
 """
 
@@ -22,7 +23,7 @@ import time
 import numpy as np
 
 from netvsc.errors import ConfigError
-from netvsc.host.backends import framekernels as fk
+from netvsc.fastpath import offload
 from netvsc.host.backends.base import Backend, BackendOffloads
 from netvsc.host.backends.pool import FramePool
 from netvsc.host.frames import TX_CSUM_IP, TX_CSUM_UDP, FrameBatch
@@ -129,12 +130,8 @@ class GenBackend(Backend):
             frames.append(
                 dst + source_mac + b"\x08\x00" + ip + udp + payload, tx_flags=TX_CSUM_IP | TX_CSUM_UDP
             )
-        parsed = np.zeros(fk.PARSE_FIELDS, dtype=np.int64)
-        fk.fill_tx_checksums(
-            frames.data, frames.frame_capacity, frames.length, frames.tx_flags, frames.count, parsed
-        )
-        fk.checksum_states(
-            frames.data, frames.frame_capacity, frames.length, 0, frames.count, frames.rx_checksum, parsed
+        offload.fill_checksums_in_place(
+            frames.data, frames.frame_capacity, frames.length, frames.tx_flags, frames.l4_offset, frames.count
         )
         return frames
 

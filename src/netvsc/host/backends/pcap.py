@@ -3,10 +3,12 @@
 Layer 7 (host). IN (pcap or pcapng, Ethernet link type; frames of other link types are
 skipped and counted) is loaded once into a frame pool and handed to the guest as fast as
 the host polls, once, N times (``loop=N``) or for ever (``loop`` or ``loop=0``). Replayed
-frames get the same receive treatment as the TAP's: an 802.1Q tag is stripped into
-``vlan_tci`` and checksums are verified in software. Transmits are written to OUT (pcapng,
-or classic pcap for a ``.pcap`` name) with requested checksums filled and VLAN tags
-inserted, i.e. as they would be on the wire; without OUT they are dropped.
+frames are handed over as recorded: the host's receive path strips an 802.1Q tag into
+``vlan_tci`` and verifies checksums, as for every backend. Transmits are written to OUT
+(pcapng, or classic pcap for a ``.pcap`` name) as they would be on the wire: no checksum or
+LSO offload is claimed, so the host's transmit path fills requested checksums and segments
+before they get here, and the capture writer inserts the out-of-band VLAN tag. Without OUT
+they are dropped.
 """
 
 from __future__ import annotations
@@ -14,10 +16,8 @@ from __future__ import annotations
 import logging
 import os
 
-import numpy as np
-
 from netvsc.errors import ConfigError
-from netvsc.host.backends import framekernels as fk
+from netvsc.fastpath.offload import ETH_HEADER
 from netvsc.host.backends.base import Backend, BackendOffloads
 from netvsc.host.backends.pool import FramePool
 from netvsc.host.capture import LINKTYPE_ETHERNET, PcapngWriter, PcapWriter, open_capture
@@ -41,7 +41,7 @@ def read_capture(path: str) -> tuple[list[bytes], int]:
             file_linktype = getattr(reader, "linktype", None)
             for data, metadata in reader:
                 linktype = getattr(metadata, "linktype", file_linktype)
-                if linktype != LINKTYPE_ETHERNET or len(data) < fk.ETH_HEADER_LEN:
+                if linktype != LINKTYPE_ETHERNET or len(data) < ETH_HEADER:
                     skipped += 1
                     continue
                 frames.append(bytes(data))
@@ -54,9 +54,8 @@ def read_capture(path: str) -> tuple[list[bytes], int]:
 
 class PcapBackend(Backend):
     name = "pcap"
-    offloads = BackendOffloads(
-        ipv4_checksum=True, tcp_checksum=True, udp_checksum=True, tso=False, vlan_insert=True
-    )
+    # The tag stays out of band up to the capture writer, which inserts it.
+    offloads = BackendOffloads(vlan_insert=True)
 
     def __init__(
         self, in_path: str | None, out_path: str | None = None, *, loop: int = 1, nic_index: int = 0
@@ -76,11 +75,8 @@ class PcapBackend(Backend):
         self._total = len(self._pool) * loop if loop else None
         self._cursor = 0
         self._writer: PcapngWriter | PcapWriter | None = open_capture(out_path) if out_path else None
-        self._parsed = np.zeros(fk.PARSE_FIELDS, dtype=np.int64)
-        self._no_flags = np.zeros(0, dtype=np.uint8)
         self.tx_dropped = 0
         self.rx_dropped_oversize = 0  # replayed frames longer than the host's batch slots
-        self.tx_checksum_refused = 0
 
     @property
     def replay_done(self) -> bool:
@@ -90,23 +86,9 @@ class PcapBackend(Backend):
         if self.replay_done:
             return 0
         want = limit if self._total is None else min(limit, self._total - self._cursor)
-        first = batch.count
         copied, consumed = self._pool.copy_into(batch, self._cursor, want)
         self._cursor += consumed
         self.rx_dropped_oversize += consumed - copied
-        if copied:
-            fk.finish_rx(
-                batch.data,
-                batch.frame_capacity,
-                batch.length,
-                batch.vlan_tci,
-                batch.rx_checksum,
-                self._no_flags,
-                first,
-                copied,
-                True,
-                self._parsed,
-            )
         self.rx_frames += copied
         return copied
 
@@ -115,11 +97,6 @@ class PcapBackend(Backend):
         if self._writer is None:
             self.tx_dropped += count
         else:
-            self.tx_checksum_refused += int(
-                fk.fill_tx_checksums(
-                    batch.data, batch.frame_capacity, batch.length, batch.tx_flags, count, self._parsed
-                )
-            )
             self._writer.write_batch(self.nic_index, "tx", batch, 0, count)
         self.tx_frames += count
         return count
@@ -133,7 +110,6 @@ class PcapBackend(Backend):
         return {
             **super().counters(),
             "tx_dropped": self.tx_dropped,
-            "tx_checksum_refused": self.tx_checksum_refused,
             "rx_skipped_linktype": self.skipped,
             "replay_frames": len(self._pool),
             "rx_dropped_oversize": self.rx_dropped_oversize,

@@ -13,9 +13,10 @@ Layer 7 (host), modelled on OpenVMM's net_tap (spec/host.md 9):
   guest's seed is not trusted), and the IPv4 header checksum is done in software since a TAP
   has no offload for it. A VLAN tag is inserted by writing it between the MAC addresses and
   the rest, without a copy;
-- receive strips an 802.1Q tag into ``vlan_tci``; a frame the kernel marks DATA_VALID gets good
-  checksum bits, any other is verified in software (DESIGN.md §7.10) rather than reported
-  unknown;
+- receive hands frames over as the kernel gave them, tag included (the host's receive path
+  strips it, once, for every backend); a frame the kernel marks DATA_VALID gets good checksum
+  bits here (``framekernels.tap_rx_checksums``), any other keeps state 0 and is verified in
+  software by the host's receive path (DESIGN.md §7.10) rather than reported unknown;
 - the fd is non-blocking for the host's selector; a full queue (EAGAIN) or a down link (EIO)
   drops the frame, which is counted and still consumed (the guest's packet completes).
 """
@@ -35,6 +36,7 @@ import time
 import numpy as np
 
 from netvsc.errors import ConfigError, DeviceError
+from netvsc.fastpath import offload
 from netvsc.host.backends import framekernels as fk
 from netvsc.host.backends.base import Backend, BackendOffloads
 from netvsc.host.frames import FrameBatch
@@ -174,7 +176,7 @@ class TapBackend(Backend):
         self._admin_up = True
         self._interface_up = True
         self._link_checked_at = -LINK_CHECK_INTERVAL_S
-        self._parsed = np.zeros(fk.PARSE_FIELDS, dtype=np.int64)
+        self._parsed = np.zeros(offload.PARSE_FIELDS, dtype=np.int64)
         self._vnet = np.zeros((0, fk.VNET_HDR_LEN), dtype=np.uint8)
         self._rx_vnet = np.zeros((DEFAULT_READ_LIMIT, fk.VNET_HDR_LEN), dtype=np.uint8)
         self._rx_flags = np.zeros(DEFAULT_READ_LIMIT, dtype=np.uint8)
@@ -241,7 +243,7 @@ class TapBackend(Backend):
                 pieces = [
                     vnet[i * fk.VNET_HDR_LEN : (i + 1) * fk.VNET_HDR_LEN],
                     frame[:12],
-                    struct.pack("!HH", fk.ETHERTYPE_VLAN, tci & 0xFFFF),
+                    struct.pack("!HH", offload.ETHERTYPE_VLAN, tci & 0xFFFF),
                     frame[12:],
                 ]
             else:
@@ -279,7 +281,7 @@ class TapBackend(Backend):
                 self.rx_errors += 1
                 log.debug("tap %s read failed: %s", self.ifname, exc)
                 break
-            if got < fk.VNET_HDR_LEN + fk.ETH_HEADER_LEN:
+            if got < fk.VNET_HDR_LEN + offload.ETH_HEADER:
                 self.rx_errors += 1
                 continue
             if got - fk.VNET_HDR_LEN >= batch.frame_capacity:
@@ -297,16 +299,14 @@ class TapBackend(Backend):
             self._rx_flags[received] = self._rx_vnet[received, 0]
             received += 1
         if received:
-            fk.finish_rx(
+            fk.tap_rx_checksums(
                 batch.data,
                 batch.frame_capacity,
                 batch.length,
-                batch.vlan_tci,
                 batch.rx_checksum,
                 self._rx_flags,
                 first,
                 received,
-                True,
                 self._parsed,
             )
             batch.count = first + received

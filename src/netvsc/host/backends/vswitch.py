@@ -11,8 +11,9 @@ Layer 7 (host). The server creates one ``VSwitch`` and gives every NIC a port
 
 So two ports, of one guest or of two guests, talk. Each port holds received frames in a
 bounded queue (a full queue drops and counts) and exposes an eventfd, readable while frames
-wait, for the host's selector. Checksums the guest asked for are filled and verified as in
-the loopback; VLAN tags stay out of band (a trunk: every port sees every VLAN).
+wait, for the host's selector. As for the loopback, checksums and LSO are left to the host's
+software transmit path and received frames are verified by its receive path; VLAN tags stay
+out of band (a trunk: every port sees every VLAN).
 """
 
 from __future__ import annotations
@@ -114,9 +115,7 @@ class VSwitchPort(Backend):
     """One NIC's port on a ``VSwitch``."""
 
     name = "vswitch"
-    offloads = BackendOffloads(
-        ipv4_checksum=True, tcp_checksum=True, udp_checksum=True, tso=False, vlan_insert=True
-    )
+    offloads = BackendOffloads(vlan_insert=True)
 
     def __init__(self, switch: VSwitch, nic_index: int) -> None:
         super().__init__()
@@ -124,10 +123,9 @@ class VSwitchPort(Backend):
         self.nic_index = nic_index
         self.queue = FrameQueue(switch.queue_frames)
         self.tx_dropped = 0
-        self.tx_checksum_refused = 0
-        self._parsed = np.zeros(fk.PARSE_FIELDS, dtype=np.int64)
         self._egress = np.zeros(0, dtype=np.int32)
-        self._checksum = np.zeros(0, dtype=np.uint32)
+        # Frames arrive with checksum state 0: only the host's receive path sets it.
+        self._no_checksum = np.zeros(0, dtype=np.uint32)
         self._eventfd: int | None = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
 
     def transmit(self, batch: FrameBatch) -> int:
@@ -136,16 +134,8 @@ class VSwitchPort(Backend):
             return 0
         if self._egress.shape[0] < count:
             self._egress = np.zeros(batch.capacity, dtype=np.int32)
-            self._checksum = np.zeros(batch.capacity, dtype=np.uint32)
-        self.tx_checksum_refused += int(
-            fk.fill_tx_checksums(
-                batch.data, batch.frame_capacity, batch.length, batch.tx_flags, count, self._parsed
-            )
-        )
-        fk.checksum_states(
-            batch.data, batch.frame_capacity, batch.length, 0, count, self._checksum, self._parsed
-        )
-        self.switch.forward(self, batch, self._checksum, self._egress)
+            self._no_checksum = np.zeros(batch.capacity, dtype=np.uint32)
+        self.switch.forward(self, batch, self._no_checksum, self._egress)
         self.tx_frames += count
         return count
 
@@ -180,7 +170,6 @@ class VSwitchPort(Backend):
         return {
             **super().counters(),
             "tx_dropped": self.tx_dropped,
-            "tx_checksum_refused": self.tx_checksum_refused,
             "rx_dropped_queue_full": self.queue.dropped_full,
             "rx_dropped_oversize": self.queue.dropped_oversize,
             "queued": len(self.queue),
