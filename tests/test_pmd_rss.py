@@ -149,8 +149,8 @@ def test_thousand_flows_land_on_the_toeplitz_queue(ports, host):
             expected[tag] = table[reference_toeplitz(key, data) & 127]
             sender.send(frame, index)
             if index % 16 == 15:  # keep receive slots free: read as we go
-                wait_for(lambda n=index + 1: _collect(port, landed) >= n, f"frame {index}", timeout=10)
-        wait_for(lambda: _collect(port, landed) >= 1000, "1,000 looped-back frames", timeout=10)
+                wait_for(lambda n=index + 1: _collect(port, landed) >= n, f"frame {index}", timeout=30)
+        wait_for(lambda: _collect(port, landed) >= 1000, "1,000 looped-back frames", timeout=30)
     finally:
         sender.close()
     wrong = {

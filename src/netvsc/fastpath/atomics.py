@@ -7,9 +7,9 @@ have: a full fence between a store and a later load (spec/vmbus.md 3.11, the two
 emitted here as LLVM instructions through numba intrinsics, so a kernel pays
 one instruction, not a call.
 
-With ``NUMBA_DISABLE_JIT=1`` the same names are plain Python functions. The
-interpreter gives no ordering guarantee of its own, so that mode is for checking
-logic in tests, not for production.
+With ``NUMBA_DISABLE_JIT=1`` the same names are Python functions that call the same
+instructions compiled once with llvmlite, so the interpreted mode stays correct against
+a peer in another process (it is slow, and meant for tests).
 """
 
 from __future__ import annotations
@@ -39,6 +39,71 @@ def _element_pointer(context, builder, arrty, arr, index):
 def _check_u32_array(arr):
     if not (isinstance(arr, types.Array) and arr.dtype == types.uint32 and arr.ndim == 1):
         raise TypeError("atomics need a 1-D uint32 array")
+
+def _address_of(arr: np.ndarray, index: int) -> int:
+    """Address of the uint32 ``arr[index]``, bounds-checked (the interpreted path)."""
+    if arr.dtype != np.uint32 or arr.ndim != 1:
+        raise TypeError("atomics need a 1-D uint32 array")
+    if not 0 <= index < arr.shape[0]:
+        raise IndexError(f"atomic on word {index} of {arr.shape[0]}")
+    return int(arr.ctypes.data) + int(index) * int(arr.strides[0])
+
+
+class _NativeAtomics:
+    """The atomics as native functions, for the interpreted (NUMBA_DISABLE_JIT) mode."""
+
+    _IR = """
+    define i32 @or32(ptr %p, i32 %v) {
+      %old = atomicrmw or ptr %p, i32 %v seq_cst
+      ret i32 %old
+    }
+    define i32 @xchg32(ptr %p, i32 %v) {
+      %old = atomicrmw xchg ptr %p, i32 %v seq_cst
+      ret i32 %old
+    }
+    define i32 @cas32(ptr %p, i32 %expected, i32 %new) {
+      %pair = cmpxchg ptr %p, i32 %expected, i32 %new seq_cst seq_cst
+      %old = extractvalue { i32, i1 } %pair, 0
+      ret i32 %old
+    }
+    define i32 @load32(ptr %p) {
+      %v = load atomic i32, ptr %p seq_cst, align 4
+      ret i32 %v
+    }
+    define void @store32(ptr %p, i32 %v) {
+      store atomic i32 %v, ptr %p seq_cst, align 4
+      ret void
+    }
+    define void @fence() {
+      fence seq_cst
+      ret void
+    }
+    """
+
+    def __init__(self) -> None:
+        import ctypes
+
+        import llvmlite.binding as llvm
+
+        llvm.initialize_native_target()
+        llvm.initialize_native_asmprinter()
+        module = llvm.parse_assembly(self._IR)
+        module.verify()
+        target_machine = llvm.Target.from_default_triple().create_target_machine()
+        self._engine = llvm.create_mcjit_compiler(module, target_machine)
+        self._engine.finalize_object()
+        u32, ptr = ctypes.c_uint32, ctypes.c_void_p
+
+        def function(name: str, restype, *argtypes):
+            return ctypes.CFUNCTYPE(restype, *argtypes)(self._engine.get_function_address(name))
+
+        self.or32 = function("or32", u32, ptr, u32)
+        self.xchg32 = function("xchg32", u32, ptr, u32)
+        self.cas32 = function("cas32", u32, ptr, u32, u32)
+        self.load32 = function("load32", u32, ptr)
+        self.store32 = function("store32", None, ptr, u32)
+        self.fence = function("fence", None)
+
 
 
 @intrinsic
@@ -140,39 +205,38 @@ def _copy_bytes(typingctx, dst, dst_start, src, src_start, nbytes):
 
 
 if config.DISABLE_JIT:
+    # The interpreter has no atomics of its own, and this mode runs against a real peer in
+    # another process (the emulated host): a non-atomic read-modify-write of a monitor word
+    # loses signals. So the same LLVM instructions are compiled once with llvmlite (which
+    # NUMBA_DISABLE_JIT does not affect) and called through ctypes.
+    _native = _NativeAtomics()
 
     def full_fence() -> None:
         """Full memory fence (store-load ordering)."""
+        _native.fence()
 
     def compiler_barrier() -> None:
         """Stop the compiler from moving memory operations across this point."""
 
     def atomic_or_u32(arr: np.ndarray, index: int, value: int) -> int:
         """Atomically OR ``value`` into ``arr[index]``; returns the previous value."""
-        old = int(arr[index])
-        arr[index] = np.uint32(old | int(value))
-        return old
+        return _native.or32(_address_of(arr, index), int(value) & 0xFFFFFFFF)
 
     def atomic_xchg_u32(arr: np.ndarray, index: int, value: int) -> int:
         """Atomically replace ``arr[index]`` with ``value``; returns the previous value."""
-        old = int(arr[index])
-        arr[index] = np.uint32(value)
-        return old
+        return _native.xchg32(_address_of(arr, index), int(value) & 0xFFFFFFFF)
 
     def atomic_cas_u32(arr: np.ndarray, index: int, expected: int, new: int) -> int:
         """Compare-and-swap ``arr[index]``; returns the value found (== expected on success)."""
-        old = int(arr[index])
-        if old == expected:
-            arr[index] = np.uint32(new)
-        return old
+        return _native.cas32(_address_of(arr, index), int(expected) & 0xFFFFFFFF, int(new) & 0xFFFFFFFF)
 
     def atomic_load_u32(arr: np.ndarray, index: int) -> int:
         """Sequentially consistent 32-bit load."""
-        return int(arr[index])
+        return _native.load32(_address_of(arr, index))
 
     def atomic_store_u32(arr: np.ndarray, index: int, value: int) -> None:
         """Sequentially consistent 32-bit store."""
-        arr[index] = np.uint32(value)
+        _native.store32(_address_of(arr, index), int(value) & 0xFFFFFFFF)
 
     def copy_bytes(dst: np.ndarray, dst_start: int, src: np.ndarray, src_start: int, nbytes: int) -> None:
         """``dst[dst_start:dst_start+nbytes] = src[src_start:src_start+nbytes]`` (no overlap)."""
