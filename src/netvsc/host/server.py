@@ -131,6 +131,10 @@ class HostOptions:
     nic_extra: dict[str, Any] = field(default_factory=dict)
 
 
+# Loop period while no guest has a device open (timers only; the selector wakes on opens).
+NO_GUEST_WAIT_S = 0.05
+
+
 class _Nic:
     """One NIC's run-time state in the server."""
 
@@ -371,9 +375,10 @@ class HostServer:
             value = units * LATENCY_UNIT_S if units else DEFAULT_LATENCY_S
             latency = value if latency is None else min(latency, value)
         if latency is None:
-            latency = (
-                DEFAULT_LATENCY_S if self._int_targets else self.options.idle_scan_s or DEFAULT_LATENCY_S
-            )
+            if not self._int_targets:
+                # No guest has a channel open: nothing to scan; opens and ctl wake the selector.
+                return NO_GUEST_WAIT_S
+            latency = DEFAULT_LATENCY_S
         if self.options.idle_scan_s and now - self._last_activity > self.options.idle_after_s:
             latency = max(latency, self.options.idle_scan_s)
         return latency
