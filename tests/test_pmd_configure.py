@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from netvsc.errors import ConfigError, DeviceError
+from netvsc.errors import ConfigError, DeviceError, NotSupportedError
 from netvsc.ethdev import api
 from netvsc.pmd.port import PortBusyError
 from netvsc.wire import ndis
@@ -179,7 +179,7 @@ def test_promiscuous_and_allmulticast(ports, host):
     assert host_filter(host) == ndis.NDIS_PACKET_TYPE_DIRECTED | ndis.NDIS_PACKET_TYPE_BROADCAST
     port.set_mc_addr_list([bytes.fromhex("01005e000001")])
     assert host_filter(host) == FILTER_DEFAULT, "a multicast list needs ALL_MULTICAST"
-    with pytest.raises(ConfigError, match="multicast address"):
+    with pytest.raises(ConfigError, match="mc_addr_list"):
         port.set_mc_addr_list([bytes.fromhex("02005e000001")])
 
 
@@ -258,3 +258,81 @@ def test_stop_waits_for_send_completions_with_a_deadline(ports, host):
     port.stop()
     assert 0.9 < time.monotonic() - started < 3.0
     assert host_filter(host) == ndis.NDIS_PACKET_TYPE_NONE
+
+
+def test_operations_the_synthetic_nic_cannot_do(ports, host):
+    """pmd#32: MAC set, VLAN filter, flow control and per-queue start/stop raise NotSupportedError
+    (a NotImplementedError, the Port API's word) naming the operation and why, and change nothing
+    on the host. reset is the one deliberate exception (see NetvscPort.reset): it re-attaches and
+    leaves a working port."""
+    port = ports.open()
+    port.configure(2, 2)
+    port.start()
+    sets_before = sets(host)
+    calls = {
+        "mac_addr_set": lambda: port.mac_addr_set(bytes.fromhex("020000000099")),
+        "vlan_filter_set": lambda: port.vlan_filter_set(100, True),
+        "flow_ctrl_set": lambda: port.flow_ctrl_set({"mode": "full"}),
+        "rx_queue_start": lambda: port.rx_queue_start(1),
+        "rx_queue_stop": lambda: port.rx_queue_stop(1),
+        "tx_queue_start": lambda: port.tx_queue_start(1),
+        "tx_queue_stop": lambda: port.tx_queue_stop(1),
+    }
+    for operation, call in calls.items():
+        with pytest.raises(NotSupportedError) as caught:
+            call()
+        assert isinstance(caught.value, NotImplementedError)
+        assert caught.value.operation == operation
+        assert str(caught.value).startswith(f"{operation} is not supported: "), str(caught.value)
+        assert caught.value.reason, f"{operation}: the message says why"
+    assert "host" in str(pytest.raises(NotSupportedError, port.mac_addr_set, b"\x02" * 6).value)
+    assert sets(host) == sets_before, "nothing was sent to the host"
+    assert port.started and host_filter(host) == FILTER_DEFAULT
+
+    port.reset()
+    port.configure(2, 2)
+    port.start()
+    assert port.started and len(port.channels) == 2
+    assert host_filter(host) == FILTER_DEFAULT
+    assert port.link_update().up
+
+
+def test_multicast_list_is_kept_for_the_vf_only(ports, host):
+    """pmd#35: the list is validated and kept; no multicast-list OID reaches the host (it has no
+    multicast filter); the synthetic filter gains ALL_MULTICAST while the list is non-empty."""
+    port = ports.open()
+    port.configure(1, 1)
+    port.start()
+    port.allmulticast_disable()
+    directed_broadcast = ndis.NDIS_PACKET_TYPE_DIRECTED | ndis.NDIS_PACKET_TYPE_BROADCAST
+    assert host_filter(host) == directed_broadcast
+    multicast_list_oid = f"rndis_set_oid_{ndis.OID_802_3_MULTICAST_LIST:#x}"
+    filter_oid = f"rndis_set_oid_{ndis.OID_GEN_CURRENT_PACKET_FILTER:#x}"
+    filter_sets = netvsp(host).get(filter_oid, 0)
+    assert filter_sets > 0, "the host counts sets per OID"
+
+    groups = [bytes.fromhex("01005e000001"), bytearray.fromhex("333300000001")]
+    port.set_mc_addr_list(groups)
+    assert port.mc_addr_list == [bytes(g) for g in groups]
+    assert host_filter(host) == directed_broadcast | ndis.NDIS_PACKET_TYPE_ALL_MULTICAST
+    assert netvsp(host).get(filter_oid, 0) == filter_sets + 1
+    port.stop()
+    port.start()
+    assert host_filter(host) & ndis.NDIS_PACKET_TYPE_ALL_MULTICAST, "the list survives stop/start"
+    port.set_mc_addr_list([])
+    assert port.mc_addr_list == []
+    assert host_filter(host) == directed_broadcast, "an empty list drops ALL_MULTICAST again"
+    assert netvsp(host).get(multicast_list_oid, 0) == 0, "no multicast-list OID was sent"
+
+    bad = {
+        "unicast": [bytes.fromhex("02005e000001")],
+        "short": [bytes.fromhex("01005e0000")],
+        "not bytes": ["01:00:5e:00:00:01"],
+        "one address, not a list": bytes.fromhex("01005e000001"),
+    }
+    for case, value in bad.items():
+        with pytest.raises(ConfigError, match=r"mc_addr_list.*accepted .*6-byte multicast") as caught:
+            port.set_mc_addr_list(value)
+        assert caught.value.parameter.startswith("mc_addr_list"), case
+    assert port.mc_addr_list == [], "a refused list changes nothing"
+    assert host_filter(host) == directed_broadcast

@@ -354,3 +354,44 @@ def test_reset_returns_to_version():
     assert isinstance(
         host.receive(PACKET_TYPE_INBAND, 1, wire.encode_init(wire.NVSP_VERSION_5), True), proto.InitRequest
     )
+
+
+def test_abandon_forgets_the_request_and_its_late_completion_is_unexpected():
+    """Issue item 7 (a timed-out request leaves a clean state): after ``abandon`` a new request
+    may be sent at once; the abandoned one's late completion, arriving while the new one waits,
+    is an ``Unexpected`` event, counted, and the new request still gets its own reply."""
+    guest, host = NvspSession("guest"), NvspSession("host")
+    negotiate(guest, host, wire.NVSP_VERSION_61)
+    bring_up(guest, host)
+    late_id, _ = exchange(guest, host, wire.encode_subchannel_request(3), True)
+    assert guest.abandon() == (late_id, wire.NVSP_MSG_SUBCHANNEL)
+    assert guest.outstanding is None and guest.abandon() is None, "nothing left to abandon"
+    next_id, _ = exchange(guest, host, wire.encode_subchannel_request(2), True)
+    assert next_id != late_id
+    late = guest.receive(PACKET_TYPE_COMPLETION, late_id, host.encode_subchannel_complete(1, 3))
+    assert isinstance(late, proto.Unexpected), f"the late completion was taken as {late}"
+    assert guest.unexpected == 1
+    assert guest.outstanding == (next_id, wire.NVSP_MSG_SUBCHANNEL), "the new request still waits"
+    reply = guest.receive(PACKET_TYPE_COMPLETION, next_id, host.encode_subchannel_complete(1, 2))
+    assert isinstance(reply, proto.Completion) and reply.record.num_subchannels == 2
+    again = guest.receive(PACKET_TYPE_COMPLETION, late_id, host.encode_subchannel_complete(1, 3))
+    assert isinstance(again, proto.ProtocolViolation), "a second late completion is no longer expected"
+    assert guest.unexpected == 1
+
+
+def test_abandoned_init_lets_the_next_version_be_probed():
+    """An INIT whose INIT_COMPLETE never came in time is abandoned; the next candidate is sent and
+    negotiated, and the stale INIT_COMPLETE changes nothing."""
+    guest, host = NvspSession("guest"), NvspSession("host")
+    stale_id, _ = guest.request_init(wire.NVSP_VERSION_61)
+    guest.abandon()
+    assert negotiate(guest, host, wire.NVSP_VERSION_6).accepted
+    stale = wire.encode_init_complete(wire.NVSP_STATUS_SUCCESS)
+    assert isinstance(guest.receive(PACKET_TYPE_COMPLETION, stale_id, stale), proto.Unexpected)
+    assert guest.unexpected == 1
+    assert guest.version == wire.NVSP_VERSION_6 and guest.state is NvspState.INIT
+
+
+def test_abandon_is_a_guest_operation():
+    with pytest.raises(ConfigError, match="role"):
+        NvspSession("host").abandon()

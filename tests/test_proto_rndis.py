@@ -107,3 +107,28 @@ def test_query_failure_carries_no_data():
     encoded = RndisSession.encode_query_complete(3, rndis.RNDIS_STATUS_NOT_SUPPORTED, b"junk")
     decoded = rndis.decode_rndis(encoded)
     assert decoded.status == rndis.RNDIS_STATUS_NOT_SUPPORTED and decoded.info_buffer_length == 0
+
+
+def test_abandon_forgets_the_request_and_its_late_completion_is_unexpected():
+    """Issue item 7: after ``abandon`` (the caller's deadline passed) the next request may be sent;
+    the abandoned query's late completion is ``Unexpected`` (marked late), counted, and never the
+    reply to the request now waiting."""
+    guest = RndisSession("guest")
+    late_id, _ = guest.request_query(ndis.OID_GEN_MEDIA_CONNECT_STATUS)
+    assert guest.abandon() == (late_id, rndis.RNDIS_MSG_QUERY_CMPLT)
+    assert guest.outstanding is None and guest.abandon() is None
+    next_id, _ = guest.request_query(ndis.OID_GEN_MEDIA_CONNECT_STATUS)
+    late = guest.receive(rndis.encode_query_complete(late_id, 0, (1).to_bytes(4, "little")))
+    assert isinstance(late, proto.Unexpected) and late.late, f"the late completion was taken as {late}"
+    assert guest.unexpected == 1
+    assert guest.outstanding == (next_id, rndis.RNDIS_MSG_QUERY_CMPLT)
+    reply = guest.receive(rndis.encode_query_complete(next_id, 0, (0).to_bytes(4, "little")))
+    assert isinstance(reply, proto.Response) and reply.request_id == next_id
+    stray = guest.receive(rndis.encode_query_complete(late_id, 0, (1).to_bytes(4, "little")))
+    assert isinstance(stray, proto.Unexpected) and not stray.late, "only the first late reply was awaited"
+    assert guest.unexpected == 2, "every unexpected message is counted"
+
+
+def test_abandon_is_a_guest_operation():
+    with pytest.raises(ConfigError, match="role"):
+        RndisSession("host").abandon()

@@ -9,6 +9,8 @@
   whoever catches it, never a crash.
 - ``DeviceError``: the device or the system around it is not usable (missing
   sysfs files, missing maps, kernel module not loaded, permissions).
+- ``NotSupportedError``: an operation the port type cannot do at all (DPDK's
+  -ENOTSUP); also a ``NotImplementedError``, the Port API's word for it.
 """
 
 from __future__ import annotations
@@ -41,3 +43,12 @@ class DeviceError(NetvscError):
 
 class RingFullError(NetvscError):
     """Not enough free space in a ring for a packet (a normal back-pressure condition)."""
+
+
+class NotSupportedError(NetvscError, NotImplementedError):
+    """An operation this port type cannot do (DPDK's -ENOTSUP): names the operation and why."""
+
+    def __init__(self, operation: str, reason: str) -> None:
+        self.operation = operation
+        self.reason = reason
+        super().__init__(f"{operation} is not supported: {reason}")

@@ -314,8 +314,9 @@ class Port(Protocol):
     """The operations every port type offers (DPDK's ethdev ops, in Python form).
 
     Bad arguments raise ``ConfigError`` (a ``ValueError``) naming the parameter, the value and
-    what is accepted; an operation the port type cannot do raises ``NotImplementedError``; a
-    device or host that fails raises ``DeviceError`` or ``ProtocolError``.
+    what is accepted; an operation the port type cannot do raises ``NotSupportedError`` (a
+    ``NotImplementedError``) naming the operation and why; a device or host that fails raises
+    ``DeviceError`` or ``ProtocolError``.
     """
 
     @property
@@ -354,7 +355,29 @@ class Port(Protocol):
         """Release everything the port holds; calling it again does nothing."""
         ...
 
-    def reset(self) -> None: ...
+    def reset(self) -> None:
+        """Stop and bring the port back to its just-opened state (where the port type can)."""
+        ...
+
+    def mac_addr_set(self, mac: bytes) -> None:
+        """Change the port's MAC address."""
+        ...
+
+    def vlan_filter_set(self, vlan_id: int, on: bool = True) -> None:
+        """Accept (``on``) or refuse frames of VLAN ``vlan_id``."""
+        ...
+
+    def flow_ctrl_set(self, conf: object) -> None:
+        """Set link flow control (pause frames)."""
+        ...
+
+    def rx_queue_start(self, queue: int) -> None: ...
+
+    def rx_queue_stop(self, queue: int) -> None: ...
+
+    def tx_queue_start(self, queue: int) -> None: ...
+
+    def tx_queue_stop(self, queue: int) -> None: ...
 
     def promiscuous_enable(self) -> None: ...
 

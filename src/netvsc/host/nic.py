@@ -760,6 +760,8 @@ class NetVsp:
                 self.counts["oid_not_supported"] += 1
             self._queue_control(self.rndis.encode_query_complete(request_id, status, info))
         elif message_type == rndis.RNDIS_MSG_SET:
+            # Per OID, so a test can tell which sets a guest sent (or never sent).
+            self.counts[f"rndis_set_oid_{record.oid:#x}"] += 1
             status, follow_up = self._set(record.oid, record.info)
             self._queue_control(self.rndis.encode_set_complete(request_id, status))
             if follow_up is not None:
@@ -1300,6 +1302,11 @@ class NetVsp:
         if self._rx_path is not None:
             for key, value in dict(self._rx_path.counters).items():
                 out[key if key.startswith("rx_") else f"rx_{key}"] = int(value)
+            # Receive slots the guest holds (sent, not completed): per channel and in total.
+            held = [self._rx_path.slots.outstanding(index) for index in range(len(self.channels))]
+            for index, count in enumerate(held):
+                out[f"rx_slots_outstanding_ch{index}"] = count
+            out["rx_slots_outstanding"] = sum(held)
         out["channels"] = len(self.channels)
         out["fail_stopped_channels"] = sum(
             1 for s in self._states if s.session.state is nvsp_proto.NvspState.DEAD

@@ -6,14 +6,22 @@ role) and sorts their events: the completion of the one outstanding NVSP request
 (from transfer-page packets, each completed to the host), status indications (queued for the
 worker), send-indirection tables, VF notices, unknown messages and violations (counted). Every
 wait has a deadline (default 60 s as DPDK, settable); a wait that times out raises
-``ControlTimeout`` and leaves the session with nothing outstanding.
+``ControlTimeout`` and abandons the request in its session engine, so a late reply is counted
+as unexpected rather than taken for the next request's reply.
+
+``ControlChannel.poll(channel)`` is also the one loop that drains a channel no data path reads:
+data frames are dropped, counted in ``counters["data_frames_dropped"]``, and their receive
+sections completed to the host at once (pmd#30), so a stopped port never holds the host's
+receive slots.
 
 ``ControlWorker`` is the thread that takes link and VF events seen on the receive path and acts on
 them outside ring processing: it refreshes the stored link (queries are blocking requests) and
 only then calls the application's callback (pmd#41, #42; DPDK pitfall avoided: its deferred work
 never refreshed the link, and an earlier version queried the link from inside the ring read and
 deadlocked). The worker also polls the primary ring for control traffic at ``poll_interval``
-while no one else does (the RX burst of the data path takes that role when it exists).
+while no one else does (the RX burst of the data path takes that role when it exists), and
+drains every channel its ``drain`` callback names: the port names all its channels while it is
+stopped, when no RX burst reads them.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from netvsc.errors import DeviceError, ProtocolError, RingFullError
@@ -65,7 +73,8 @@ class HostEvent:
 
 
 class ControlChannel:
-    """Control traffic of the primary channel: requests with deadlines and event routing.
+    """Control traffic of the primary channel: requests with deadlines and event routing (and
+    the draining of any channel of the port that no data path reads, through ``poll``).
 
     One lock serialises ring access between the application thread and the worker; requests
     are serialised by a second lock, since each session allows one outstanding request.
@@ -91,36 +100,42 @@ class ControlChannel:
         self.send_indirection_table: tuple[int, ...] | None = None
         self.vf_serial: int | None = None
         self.vf_allocated = False
-        self.data_frames_dropped = 0
         self.pending_sends: set[int] = set()  # transaction ids of GPA/inband sends awaiting completion
         self.closed = False
         self._nvsp_reply: proto_nvsp.Event | None = None
         self._rndis_reply: proto_rndis.Response | None = None
 
+    @property
+    def data_frames_dropped(self) -> int:
+        """Data frames dropped (and their sections completed) because no data path read them."""
+        return self.counters["data_frames_dropped"]
+
     # -- ring processing ---------------------------------------------------------------------
 
-    def poll(self, budget: int = 256) -> int:
-        """Process up to ``budget`` primary-ring packets; never blocks on the host."""
+    def poll(self, budget: int = 256, channel: Channel | None = None) -> int:
+        """Process up to ``budget`` packets of ``channel`` (default the primary); never blocks
+        on the host. Every channel of the port goes through here when no data path reads it."""
+        channel = self.channel if channel is None else channel
         handled = 0
         with self.ring_lock:
             while handled < budget and not self.closed:
                 try:
-                    packet = self.channel.recv()
+                    packet = channel.recv()
                 except ProtocolError as error:
                     self.counters["protocol_errors"] += 1
-                    log.warning("primary ring: %s", error)
+                    log.warning("channel %s ring: %s", channel.relid, error)
                     break
                 if packet is None:
                     break
                 handled += 1
-                self._dispatch(*packet)
+                self._dispatch(channel, *packet)
         return handled
 
     def _dispatch(
-        self, packet_type: int, flags: int, transaction_id: int, ext: bytes, payload: bytes
+        self, channel: Channel, packet_type: int, flags: int, transaction_id: int, ext: bytes, payload: bytes
     ) -> None:
         if packet_type == PACKET_TYPE_XFER_PAGES:
-            self._on_transfer_pages(transaction_id, ext, payload)
+            self._on_transfer_pages(channel, transaction_id, ext, payload)
             return
         if packet_type not in (PACKET_TYPE_COMPLETION, PACKET_TYPE_INBAND):
             self.counters["unknown_packets"] += 1
@@ -142,6 +157,9 @@ class ControlChannel:
             self.events.put(HostEvent("vf", int(event.allocated)))
         elif isinstance(event, proto_nvsp.SwitchDataPath):
             self.counters["switch_data_path_notices"] += 1
+        elif isinstance(event, proto_nvsp.Unexpected):
+            self.counters["late_replies"] += 1
+            log.info("NVSP: %s", event.reason)
         elif isinstance(event, proto_nvsp.UnknownMessage):
             self.counters["unknown_nvsp_messages"] += 1
             log.debug("unknown NVSP message type %d skipped", event.message_type)
@@ -151,7 +169,7 @@ class ControlChannel:
         else:
             self.counters["unsolicited_messages"] += 1
 
-    def _on_transfer_pages(self, transaction_id: int, ext: bytes, payload: bytes) -> None:
+    def _on_transfer_pages(self, channel: Channel, transaction_id: int, ext: bytes, payload: bytes) -> None:
         try:
             channel_type = int.from_bytes(payload[4:8], "little")
             range_count = int.from_bytes(ext[4:8], "little")
@@ -171,13 +189,13 @@ class ControlChannel:
                 if channel_type == wire_nvsp.RNDIS_CHANNEL_TYPE_CONTROL:
                     self._on_rndis(bytes(self.recv_buffer[offset : offset + length]))
                 else:
-                    # The data path (issue 5) owns frames; here they are acknowledged and dropped.
-                    self.data_frames_dropped += 1
-                    self.counters["data_frames_during_control"] += 1
+                    # No data path reads this channel now: dropped, and the section completed
+                    # below so the host can reuse it (pmd#30).
+                    self.counters["data_frames_dropped"] += 1
         except ProtocolError as error:
             self.counters["protocol_errors"] += 1
-            log.warning("primary transfer-page packet: %s", error)
-        self._complete_receive(transaction_id)
+            log.warning("transfer-page packet on channel %s: %s", channel.relid, error)
+        self._complete_receive(channel, transaction_id)
 
     def _on_rndis(self, message: bytes) -> None:
         try:
@@ -186,11 +204,14 @@ class ControlChannel:
             self.counters["protocol_errors"] += 1
             return
         if message_type == wire_rndis.RNDIS_MSG_PACKET:
-            self.counters["data_frames_during_control"] += 1
+            self.counters["data_frames_dropped"] += 1  # data in a control-typed packet
             return
         event = self.rndis.receive(message)
         if isinstance(event, proto_rndis.Response):
             self._rndis_reply = event
+        elif isinstance(event, proto_rndis.Unexpected) and event.late:
+            self.counters["late_replies"] += 1
+            log.info("RNDIS: %s", event.reason)
         elif isinstance(event, proto_rndis.Indication):
             self.counters["indications"] += 1
             # Handed to the worker; answering it here (a query) would block ring processing.
@@ -199,10 +220,10 @@ class ControlChannel:
             self.counters["unexpected_rndis"] += 1
             log.info("RNDIS: %s", getattr(event, "reason", event))
 
-    def _complete_receive(self, transaction_id: int) -> None:
+    def _complete_receive(self, channel: Channel, transaction_id: int) -> None:
         reply = self.nvsp.encode_rndis_packet_complete(wire_nvsp.NVSP_STATUS_SUCCESS)
         try:
-            self.channel.send_completion(reply, transaction_id)
+            channel.send_completion(reply, transaction_id)
         except RingFullError:
             self.counters["completion_ring_full"] += 1
 
@@ -245,18 +266,14 @@ class ControlChannel:
             try:
                 return self.wait_for(lambda: self._nvsp_reply, what, timeout)
             except ControlTimeout:
-                self._abandon_nvsp()
+                # A clean state: the late completion is counted, not taken for the next reply.
+                self.nvsp.abandon()
                 raise
 
     def nvsp_init(self, version: int, timeout: float | None = None) -> proto_nvsp.Event:
         with self.request_lock:
             self._pending_init_tid, payload = self.nvsp.request_init(version)
             return self.nvsp_request(payload, f"INIT_COMPLETE for NVSP {version:#x}", timeout)
-
-    def _abandon_nvsp(self) -> None:
-        # Leave a clean state: a late completion is then counted as unknown, not taken for
-        # the next request's reply. (proto has no public "abandon"; see the report.)
-        self.nvsp._outstanding = None
 
     # -- RNDIS requests ----------------------------------------------------------------------
 
@@ -275,7 +292,7 @@ class ControlChannel:
                 send_gpa(message)
                 return self.wait_for(lambda: self._rndis_reply, f"{what} (request {request_id})", timeout)
             except BaseException:
-                self.rndis._outstanding = None  # clean state after a timeout or a failed send
+                self.rndis.abandon()  # clean state after a timeout or a failed send
                 raise
 
     def wait_host_read(self, timeout: float) -> bool:
@@ -309,6 +326,7 @@ class ControlWorker(threading.Thread):
         poll_interval: float = 0.001,
         periodic: Callable[[], None] | None = None,
         periodic_interval: float = 0.1,
+        drain: Callable[[], Sequence[Channel]] | None = None,
     ) -> None:
         super().__init__(name="netvsc-control", daemon=True)
         self.control = control
@@ -318,19 +336,18 @@ class ControlWorker(threading.Thread):
         self.periodic_interval = periodic_interval
         self._next_periodic = time.monotonic() + periodic_interval
         self.background_poll = True  # the data path turns this off when rx_burst polls queue 0
+        self.drain = drain  # the channels no data path reads right now (pmd#30)
         self._stop_event = threading.Event()
 
     def run(self) -> None:
         while not self._stop_event.is_set():
             try:
                 # Non-blocking: take the ring only when no request is using it.
-                if (
-                    self.background_poll
-                    and not self.control.closed
-                    and self.control.ring_lock.acquire(blocking=False)
-                ):
+                channels = self._channels_to_poll()
+                if channels and not self.control.closed and self.control.ring_lock.acquire(blocking=False):
                     try:
-                        self.control.poll()
+                        for channel in channels:
+                            self.control.poll(channel=channel)
                     finally:
                         self.control.ring_lock.release()
                 if self.periodic is not None and time.monotonic() >= self._next_periodic:
@@ -347,6 +364,15 @@ class ControlWorker(threading.Thread):
                 self.control.counters["worker_errors"] += 1
                 log.exception("control worker")
             self._stop_event.wait(self.poll_interval)
+
+    def _channels_to_poll(self) -> list[Channel]:
+        """The primary while polling it for control traffic, plus every channel to drain."""
+        drained = list(self.drain()) if self.drain is not None else []
+        primary = self.control.channel
+        others = [channel for channel in drained if channel is not primary]
+        if self.background_poll or len(others) < len(drained):
+            return [primary, *others]
+        return others
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop_event.set()

@@ -1,10 +1,12 @@
 """``NetvscPort``: the NetVSC port of the Port API (ethdev/api.py), control path.
 
 Layer 5 (pmd). Attach (NVS, RNDIS, the queries), dev_info as discovered, configure with
-validation, queue setup bookkeeping, start/stop/close/reset, packet filters, MTU change, link
-state and its callback, RSS key and RETA, multi-queue over subchannels, and survival of a
-misbehaving host. The RX/TX bursts are issue 5: the queue objects here hold their channel and
-counters and process the channel's control traffic.
+validation, queue setup bookkeeping, start/stop/close/reset, packet filters and the multicast
+list (kept for the VF), MTU change, link state and its callback, RSS key and RETA, multi-queue
+over subchannels, the operations the synthetic NIC cannot do (``NotSupportedError``: MAC set,
+VLAN filter, flow control, per-queue start/stop), draining every channel while stopped, and
+survival of a misbehaving host. The RX/TX bursts are issue 5: the queue objects here hold their
+channel and counters, and the control worker drains the channels while no burst reads them.
 
 Attach and tear-down are one pair of methods (``_attach`` / ``_detach``) used by open, close,
 reset, MTU change and queue-count change (issue item 8). Tear-down order is DESIGN.md §7
@@ -22,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from netvsc.errors import ConfigError, DeviceError, NetvscError
+from netvsc.errors import ConfigError, DeviceError, NetvscError, NotSupportedError
 from netvsc.ethdev import api
 from netvsc.pmd import nvs, rss
 from netvsc.pmd import stats as pmd_stats
@@ -211,9 +213,21 @@ class NetvscPort:
         self._subchannels = []
         self._subchannels_requested = False
         self.worker = ControlWorker(
-            self.control, self._on_host_event, periodic=self._check_rescind, periodic_interval=RESCIND_CHECK_S
+            self.control,
+            self._on_host_event,
+            periodic=self._check_rescind,
+            periodic_interval=RESCIND_CHECK_S,
+            drain=self._channels_to_drain,
         )
         self.worker.start()
+
+    def _channels_to_drain(self) -> list[Channel]:
+        """Every channel while stopped: no RX burst reads them then, so the control worker drops
+        their data frames and completes the sections, never leaving the host's receive slots
+        held (pmd#30). While started the queues belong to the data path."""
+        if self._started or self.dev is None or self.rescinded:
+            return []
+        return self.channels
 
     def _apply_latency(self) -> None:
         latency = int(self.devargs.latency_us)
@@ -645,7 +659,12 @@ class NetvscPort:
 
     def reset(self) -> None:
         """Stop and re-attach from scratch: the state of a freshly opened port (also the way back
-        after a failed re-attach left the port detached)."""
+        after a failed re-attach left the port detached).
+
+        Differs from DPDK on purpose: DPDK's netvsc answers reset with "not supported" (pmd#32),
+        but the issue asks for reset in the Port API, and a full NVS/RNDIS re-init through the
+        same code as close and open is exactly what the synthetic NIC needs to recover.
+        """
         with self._lock:
             if self._closed:
                 raise DeviceError(f"port {self.device_name} is closed")
@@ -654,6 +673,39 @@ class NetvscPort:
             self._reattach(1500)
             self._config = _Configuration()
             self._configured = False
+
+    # -- what the synthetic NIC cannot do (pmd#32) ----------------------------------------------
+
+    def mac_addr_set(self, mac: bytes) -> None:
+        raise NotSupportedError(
+            "mac_addr_set", "the synthetic NIC's MAC address is the one the host assigned to the VM's adapter"
+        )
+
+    def vlan_filter_set(self, vlan_id: int, on: bool = True) -> None:
+        raise NotSupportedError(
+            "vlan_filter_set",
+            "the host has no VLAN filter for the synthetic NIC (VLANs are set on the vSwitch port)",
+        )
+
+    def flow_ctrl_set(self, conf: object) -> None:
+        raise NotSupportedError("flow_ctrl_set", "the synthetic NIC has no physical link to pause")
+
+    def _no_queue_start_stop(self, operation: str) -> NotSupportedError:
+        return NotSupportedError(
+            operation, "queues start and stop with the port (the host has no per-queue switch)"
+        )
+
+    def rx_queue_start(self, queue: int) -> None:
+        raise self._no_queue_start_stop("rx_queue_start")
+
+    def rx_queue_stop(self, queue: int) -> None:
+        raise self._no_queue_start_stop("rx_queue_stop")
+
+    def tx_queue_start(self, queue: int) -> None:
+        raise self._no_queue_start_stop("tx_queue_start")
+
+    def tx_queue_stop(self, queue: int) -> None:
+        raise self._no_queue_start_stop("tx_queue_stop")
 
     def __enter__(self) -> NetvscPort:
         return self
@@ -692,17 +744,29 @@ class NetvscPort:
             self._update_filter()
 
     def set_mc_addr_list(self, addrs: Sequence[bytes]) -> None:
-        """Kept (the host has no multicast filter: a non-empty list needs ALL_MULTICAST)."""
+        """Validated and kept for the VF only (pmd#35): the host has no multicast filter, so no
+        multicast-list OID is sent; the synthetic filter gains ALL_MULTICAST while the list is
+        non-empty (as Linux does). An empty list clears it."""
+        accepted = "6-byte multicast MAC addresses (group bit set in the first byte)"
+        if isinstance(addrs, bytes | bytearray | str) or not isinstance(addrs, Sequence):
+            raise ConfigError("mc_addr_list", addrs, f"a sequence of {accepted}")
         addresses = []
-        for addr in addrs:
+        for index, addr in enumerate(addrs):
+            if not isinstance(addr, bytes | bytearray | memoryview):
+                raise ConfigError(f"mc_addr_list[{index}]", addr, accepted)
             addr = bytes(addr)
             if len(addr) != 6 or not addr[0] & 1:
-                raise ConfigError("multicast address", addr.hex(":"), "6-byte multicast MACs")
+                raise ConfigError(f"mc_addr_list[{index}]", addr.hex(":"), accepted)
             addresses.append(addr)
         with self._lock:
             self._check_open()
             self._mc_addrs = addresses
             self._update_filter()
+
+    @property
+    def mc_addr_list(self) -> list[bytes]:
+        """The multicast list kept for the VF (pmd#35)."""
+        return list(self._mc_addrs)
 
     @property
     def packet_filter(self) -> int:

@@ -14,12 +14,17 @@ sends (guest 40; host 28 before 6.1, 40 from 6.1, INIT_COMPLETE always 28).
 A host session turns every violation into a ``FailStop`` event and enters DEAD, after which
 it produces nothing but ``Ignored`` (host.md 1.6). A guest session returns ``ProtocolViolation``
 for a host that breaks the rules, and stays usable (the driver decides what to do).
+
+Deadlines belong to the caller: when one passes, ``abandon()`` forgets the outstanding request,
+and a completion that arrives for it later is an ``Unexpected`` event (counted in
+``unexpected``), never taken for the reply to the next request.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -38,6 +43,7 @@ __all__ = [
 ]
 
 ROLES = ("guest", "host")
+ABANDONED_REMEMBERED = 16  # abandoned transaction ids kept to classify their late completions
 
 
 class NvspState(enum.Enum):
@@ -272,6 +278,14 @@ class ProtocolViolation(Event):
     reason: str
 
 
+@dataclass(frozen=True)
+class Unexpected(Event):
+    """Guest role: a late completion of a request the caller abandoned after its deadline. Not
+    a violation (a slow host is allowed to answer late), but it answers nothing: counted, skipped."""
+
+    reason: str
+
+
 # ---------------------------------------------------------------------------------------------
 # The session
 # ---------------------------------------------------------------------------------------------
@@ -324,6 +338,9 @@ class NvspSession:
         # Guest role: the one outstanding request (transaction id, type) and the id counter.
         self._outstanding: tuple[int, int] | None = None
         self._next_transaction_id = 1
+        # Transaction ids given up by abandon(), so their late completions are recognised.
+        self._abandoned: deque[int] = deque(maxlen=ABANDONED_REMEMBERED)
+        self.unexpected = 0  # late completions of abandoned requests seen
         self._candidate: int | None = None
         if not primary:
             if version not in wire.NVSP_VERSIONS_NEWEST_FIRST:
@@ -370,6 +387,7 @@ class NvspSession:
         self.state = NvspState.VERSION
         self.fail_reason = None
         self._outstanding = None
+        self._abandoned.clear()
         self._candidate = None
 
     def subchannel_session(self) -> NvspSession:
@@ -700,6 +718,18 @@ class NvspSession:
         """(transaction id, message type) of the request awaiting its completion."""
         return self._outstanding
 
+    def abandon(self) -> tuple[int, int] | None:
+        """Forget the outstanding request (its caller's deadline passed); returns what it was.
+
+        A new request may be sent at once; the abandoned one's completion, if it ever comes, is
+        returned by ``receive`` as ``Unexpected`` and counted in ``unexpected``.
+        """
+        self._require_guest("abandon")
+        outstanding, self._outstanding = self._outstanding, None
+        if outstanding is not None:
+            self._abandoned.append(outstanding[0])
+        return outstanding
+
     def _guest_receive(
         self, kind: int, transaction_id: int, payload: bytes, completion_requested: bool
     ) -> Event:
@@ -736,6 +766,10 @@ class NvspSession:
 
     def _guest_completion(self, transaction_id: int, payload: bytes) -> Event:
         outstanding = self._outstanding
+        if (outstanding is None or outstanding[0] != transaction_id) and transaction_id in self._abandoned:
+            self._abandoned.remove(transaction_id)
+            self.unexpected += 1
+            return Unexpected(transaction_id, f"late completion of abandoned transaction {transaction_id:#x}")
         if outstanding is None or outstanding[0] != transaction_id:
             # Not ours to match: RNDIS send completions are tracked by the data path.
             try:

@@ -5,7 +5,9 @@ Layer 2 (proto), no I/O (STYLE.md, h11). Bytes in, events out; requests in, byte
 - Guest role (``RndisSession("guest")``): ``request_*`` build a control message with a fresh
   request id (a counter that skips 0: DPDK reserves 0); ``receive(bytes)`` matches a completion
   by type and id to the outstanding request and returns ``Response``, or classifies an
-  indication (``Indication``) or a stray message (``Unexpected``).
+  indication (``Indication``) or a stray message (``Unexpected``, counted in ``unexpected``).
+  When the caller's deadline passes, ``abandon()`` forgets the outstanding request; its late
+  completion is then ``Unexpected``, never the reply to the next request.
 - Host role (``RndisSession("host")``): ``receive(bytes)`` validates a guest control message
   against the RNDIS state (Initializing -> Operational, host.md 1.2, 4.2) and returns a
   ``ControlRequest`` for the NIC to answer, ``Halt`` (no reply), or ``Violation`` (a second
@@ -18,6 +20,7 @@ Layer 2 (proto), no I/O (STYLE.md, h11). Bytes in, events out; requests in, byte
 from __future__ import annotations
 
 import enum
+from collections import deque
 from dataclasses import dataclass
 
 from netvsc.errors import ConfigError, ProtocolError
@@ -52,6 +55,7 @@ REQUEST_REPLY: dict[int, int | None] = {
 }
 # Types only a host may send; from a guest they are violations (host.md 1.6).
 HOST_ONLY = frozenset({wire.RNDIS_MSG_INDICATE_STATUS, wire.RNDIS_MSG_SET_EX})
+ABANDONED_REMEMBERED = 16  # abandoned request ids kept to name their late completions
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,7 @@ class Unexpected:
     """Guest role: a message that answers nothing outstanding (counted, not fatal)."""
 
     reason: str
+    late: bool = False  # the completion of a request abandoned after its deadline
 
 
 class RndisSession:
@@ -107,13 +112,18 @@ class RndisSession:
         self.state = RndisState.INITIALIZING
         self._next_request_id = 1
         self._outstanding: tuple[int, int] | None = None  # (request id, completion type)
+        self._abandoned: deque[tuple[int, int]] = deque(maxlen=ABANDONED_REMEMBERED)
+        self.unexpected = 0  # guest role: messages that answered nothing outstanding
 
     # -- host role ---------------------------------------------------------------------------
 
     def receive(self, data: bytes) -> ControlRequest | Halt | Violation | Response | Indication | Unexpected:
         if self.role == "host":
             return self._host_receive(data)
-        return self._guest_receive(data)
+        event = self._guest_receive(data)
+        if isinstance(event, Unexpected):
+            self.unexpected += 1
+        return event
 
     def _host_receive(self, data: bytes) -> ControlRequest | Halt | Violation:
         try:
@@ -143,6 +153,7 @@ class RndisSession:
         """Channel closed: back to Initializing."""
         self.state = RndisState.INITIALIZING
         self._outstanding = None
+        self._abandoned.clear()
 
     @staticmethod
     def encode_initialize_complete(request_id: int) -> bytes:
@@ -217,6 +228,16 @@ class RndisSession:
     def outstanding(self) -> tuple[int, int] | None:
         return self._outstanding
 
+    def abandon(self) -> tuple[int, int] | None:
+        """Forget the outstanding request (its caller's deadline passed, or sending it failed);
+        returns (request id, completion type) or None. A late completion of it is ``Unexpected``."""
+        if self.role != "guest":
+            raise ConfigError("role", self.role, "'guest' to abandon a request")
+        outstanding, self._outstanding = self._outstanding, None
+        if outstanding is not None:
+            self._abandoned.append(outstanding)
+        return outstanding
+
     def _guest_receive(self, data: bytes) -> Response | Indication | Unexpected:
         try:
             message = wire.decode_rndis(data)
@@ -230,6 +251,12 @@ class RndisSession:
         if not message_type & wire.RNDIS_MSG_COMPLETION or "request_id" not in message:
             return Unexpected(f"RNDIS type {message_type:#x} from the host")
         outstanding = self._outstanding
+        answered = (message.request_id, message_type)
+        if outstanding != answered and answered in self._abandoned:
+            self._abandoned.remove(answered)
+            return Unexpected(
+                f"late completion {message_type:#x} of abandoned request {message.request_id}", late=True
+            )
         if outstanding is None or outstanding != (message.request_id, message_type):
             return Unexpected(
                 f"completion {message_type:#x} for request {message.request_id}, not outstanding"

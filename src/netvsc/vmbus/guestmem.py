@@ -9,8 +9,8 @@ Naming contract (shared with ``netvsc.host.guestmem``):
 
 - a region is the regular file ``ROOT/guest-mem/gpa-<base>-<size>.mem``, ``<base>`` and
   ``<size>`` in lower-case hexadecimal without ``0x``, both multiples of 4096;
-- the base is ``(pid << 40) | (serial << 32)`` with a per-process serial (0..255), so regions of
-  different processes never overlap and each region spans at most 4 GiB;
+- the base is ``(pid << 42) | (serial << 30)`` with a per-process serial (0..4095), so regions of
+  different processes never overlap and each region spans at most 1 GiB;
 - the file is created under a ``.tmp`` name, sized, then renamed, so the host never maps a
   half-created region; ``close`` removes it (the host keeps mappings it already made until it
   rescans).
@@ -41,9 +41,13 @@ __all__ = [
 
 GUEST_MEMORY_DIR = "guest-mem"
 REGION_NAME = re.compile(r"gpa-([0-9a-f]{1,16})-([0-9a-f]{1,16})\.mem")
-REGION_SIZE_MAX = 1 << 32  # one serial's window of the GPA space
-_PID_SHIFT = 40
-_SERIAL_SHIFT = 32
+REGION_SIZE_MAX = 1 << 30  # one serial's window of the GPA space
+# GPA = pid (22 bits: Linux's pid_max is at most 2**22) | serial (12 bits) | offset (30 bits):
+# 4096 regions per process, never reused, so the host cannot mistake a new region for a
+# mapping it still holds of a closed one.
+_PID_SHIFT = 42
+_PID_MASK = (1 << 22) - 1
+_SERIAL_SHIFT = 30
 _SERIAL_LIMIT = 1 << (_PID_SHIFT - _SERIAL_SHIFT)
 _serials = itertools.count()
 
@@ -63,7 +67,7 @@ class GuestMemoryRegion:
         if serial >= _SERIAL_LIMIT:
             raise ConfigError("guest memory regions", serial + 1, f"at most {_SERIAL_LIMIT} per process")
         self.size = size
-        self.base_gpa = ((os.getpid() & 0xFFFFFF) << _PID_SHIFT) | (serial << _SERIAL_SHIFT)
+        self.base_gpa = ((os.getpid() & _PID_MASK) << _PID_SHIFT) | (serial << _SERIAL_SHIFT)
         directory = sysfs_root(root) / GUEST_MEMORY_DIR
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / region_file_name(self.base_gpa, size)
