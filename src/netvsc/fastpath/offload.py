@@ -26,24 +26,23 @@ from netvsc.fastpath.checksum import (
     pseudo_header_sum_ipv4,
     pseudo_header_sum_ipv6,
 )
+from netvsc.wire.rndis import CHECKSUM_RX_IP_FAILED as RX_IP_FAILED
+from netvsc.wire.rndis import CHECKSUM_RX_IP_SUCCEEDED as RX_IP_SUCCEEDED
+from netvsc.wire.rndis import CHECKSUM_RX_TCP_FAILED as RX_TCP_FAILED
+from netvsc.wire.rndis import CHECKSUM_RX_TCP_SUCCEEDED as RX_TCP_SUCCEEDED
+from netvsc.wire.rndis import CHECKSUM_RX_UDP_FAILED as RX_UDP_FAILED
+from netvsc.wire.rndis import CHECKSUM_RX_UDP_SUCCEEDED as RX_UDP_SUCCEEDED
 
-# Mirrors of netvsc.host.frames.TX_* (fastpath may not import host/; a test keeps them equal).
+# Offload requests of a frame (FrameBatch.tx_flags): defined here, where the kernels that
+# perform them live; host.frames re-exports them.
 TX_IPV4 = 0x01
 TX_IPV6 = 0x02
-TX_CSUM_IP = 0x04
+TX_CSUM_IP = 0x04  # fill in the IPv4 header checksum
 TX_CSUM_TCP = 0x08
 TX_CSUM_UDP = 0x10
-TX_LSO = 0x20
+TX_LSO = 0x20  # segment to ``mss``, with TCP (and IPv4 header) checksums per segment
 # Extra bit of the "do in software" mask: insert the VLAN tag carried in ``vlan_tci``.
 DO_VLAN_INSERT = 0x100
-
-# Receive checksum PPI bits (wire.rndis CHECKSUM_RX_*; repeated here for the kernels).
-RX_TCP_FAILED = 0x001
-RX_UDP_FAILED = 0x002
-RX_IP_FAILED = 0x004
-RX_TCP_SUCCEEDED = 0x008
-RX_UDP_SUCCEEDED = 0x010
-RX_IP_SUCCEEDED = 0x020
 
 ETH_HEADER = 14
 VLAN_TAG = 4

@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from netvsc.errors import ConfigError
+from netvsc.fastpath.offload import TX_CSUM_IP, TX_CSUM_TCP, TX_CSUM_UDP, TX_IPV4, TX_IPV6, TX_LSO
 
 __all__ = [
     "DEFAULT_FRAME_CAPACITY",
@@ -39,13 +40,6 @@ __all__ = [
 
 # Room for the largest frame the host carries: a 64 KiB LSO send plus its headers.
 DEFAULT_FRAME_CAPACITY = 65536 + 256
-
-TX_IPV4 = 0x01
-TX_IPV6 = 0x02
-TX_CSUM_IP = 0x04  # fill in the IPv4 header checksum
-TX_CSUM_TCP = 0x08
-TX_CSUM_UDP = 0x10
-TX_LSO = 0x20  # segment to ``mss``, with TCP (and IPv4 header) checksums per segment
 
 
 class FrameBatch:
