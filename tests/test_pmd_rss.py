@@ -14,6 +14,7 @@ from netvsc.ethdev import api
 from netvsc.pmd import rss
 from netvsc.wire import ndis
 from pmd_support import GpaSender, Ports, netvsp, read_frames, start_host, wait_for
+from rss_reference import reference_toeplitz
 
 
 @pytest.fixture(scope="module")
@@ -28,15 +29,6 @@ def ports(host):
     ports = Ports(host)
     yield ports
     ports.close_all()
-
-
-def reference_toeplitz(key: bytes, data: bytes) -> int:
-    """Toeplitz by definition: each set input bit XORs in the 32 key bits starting at it."""
-    key_bits, key_length, result = int.from_bytes(key, "big"), len(key) * 8, 0
-    for bit in range(len(data) * 8):
-        if data[bit // 8] & (0x80 >> (bit % 8)):
-            result ^= (key_bits >> (key_length - 32 - bit)) & 0xFFFFFFFF
-    return result
 
 
 def test_defaults():
