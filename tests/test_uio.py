@@ -288,3 +288,29 @@ def test_device_subchannels_become_channels(fake, uio_nic):
         assert device.signallers[16].monitor_id == MONITOR_NONE
         assert device.poll_subchannels() == []
         assert np.asarray(device.subchannel_rings[15].ring).size == 8 * 4096
+
+
+def test_subchannels_are_ordered_by_index_not_relid(fake, uio_nic):
+    """Queue i is served by subchannel i: relids say nothing about the index (spec/vmbus.md 2.6)."""
+    fake.add_channel(uio_nic, 40, 2)
+    fake.add_channel(uio_nic, 41, 1)
+    fake.add_channel(uio_nic, 39, 3)
+    with VmbusDevice.open(NIC_GUID) as device:
+        channels = device.open_subchannels(3, timeout=1.0)
+        assert [channel.relid for channel in channels] == [41, 40, 39]
+
+
+@pytest.mark.parametrize("indices", [[1, 1], [1, 3], [0, 1]], ids=["duplicate", "gap", "primary-index"])
+def test_subchannel_indices_must_be_one_per_queue(fake, uio_nic, indices):
+    """A duplicate, missing or zero subchannel index is refused with the indices in the message."""
+    for offset, index in enumerate(indices):
+        fake.add_channel(uio_nic, 50 + offset, index)
+    with VmbusDevice.open(NIC_GUID) as device:
+        expected = sum(1 for index in indices if index != 0)
+        if expected < 2:
+            # subchannel_id 0 is skipped by discovery (it is the primary): only one appears.
+            with pytest.raises(DeviceError, match="1 of 2 subchannels"):
+                device.open_subchannels(2, timeout=0.1)
+            return
+        with pytest.raises(DeviceError, match=r"subchannel indices \[1, [13]\], expected 1\.\.2"):
+            device.open_subchannels(2, timeout=1.0)

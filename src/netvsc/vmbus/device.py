@@ -176,9 +176,24 @@ class VmbusDevice:
         return self._adopt(discover_subchannels(self.path, set(self.signallers)))
 
     def open_subchannels(self, expected: int, timeout: float = SUBCHANNEL_TIMEOUT_S) -> list[Channel]:
-        """Wait until ``expected`` new subchannels are ready; DeviceError naming how many came on timeout."""
+        """Wait until ``expected`` new subchannels are ready; DeviceError naming how many came on timeout.
+
+        The channels come back ordered by subchannel index, which must be exactly 1..expected:
+        queue i is served by subchannel i (the host's RSS table names channels by that index,
+        and relids say nothing about it), so a duplicate or out-of-range index is refused.
+        """
         self._check_open()
-        return self._adopt(wait_for_subchannels(self.path, set(self.signallers), expected, timeout))
+        rings = wait_for_subchannels(self.path, set(self.signallers), expected, timeout)
+        rings.sort(key=lambda ring: ring.subchannel_id)
+        indices = [ring.subchannel_id for ring in rings]
+        if indices != list(range(1, expected + 1)):
+            for ring in rings:
+                with contextlib.suppress(BufferError):
+                    ring.ring.close()
+            raise DeviceError(
+                f"{self.guid}: subchannel indices {indices}, expected 1..{expected} (one per queue)"
+            )
+        return self._adopt(rings)
 
     def set_latency(self, latency_us: int) -> None:
         """Store the monitor latency for every channel that has a monitor (others ignore it, spec 5.2)."""
