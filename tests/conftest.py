@@ -14,6 +14,9 @@ import pytest
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
+# Fixtures shared by the PMD test modules (``ports``; each module makes its own ``host``).
+pytest_plugins = ["pmd_support"]
+
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("root") is not None and os.geteuid() != 0:

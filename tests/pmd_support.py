@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from host_process import HostProcess
 from netvsc.pmd.port import NetvscPort
@@ -120,3 +121,23 @@ class GpaSender:
 
     def close(self) -> None:
         self.memory.close()
+
+
+def module_host(name: str, *args: str):
+    """A module-scoped ``host`` fixture: one emulated host, started with ``args``, per test module."""
+
+    @pytest.fixture(scope="module")
+    def host(tmp_path_factory):
+        started = start_host(tmp_path_factory.mktemp(name) / "root", *args)
+        yield started
+        started.stop()
+
+    return host
+
+
+@pytest.fixture
+def ports(host):
+    """Ports opened on the module's ``host``; every one closed after the test."""
+    opened = Ports(host)
+    yield opened
+    opened.close_all()

@@ -10,25 +10,16 @@ from netvsc.errors import ConfigError, DeviceError, NotSupportedError
 from netvsc.ethdev import api
 from netvsc.pmd.port import PortBusyError
 from netvsc.wire import ndis
-from pmd_support import Ports, netvsp, start_host, wait_for
+from pmd_support import module_host, netvsp, wait_for
 
 FILTER_DEFAULT = (
     ndis.NDIS_PACKET_TYPE_DIRECTED | ndis.NDIS_PACKET_TYPE_BROADCAST | ndis.NDIS_PACKET_TYPE_ALL_MULTICAST
 )
 
 
-@pytest.fixture(scope="module")
-def host(tmp_path_factory):
-    host = start_host(tmp_path_factory.mktemp("configure") / "root", "--queues", "8")
-    yield host
-    host.stop()
+host = module_host("configure", "--queues", "8")
 
 
-@pytest.fixture
-def ports(host):
-    ports = Ports(host)
-    yield ports
-    ports.close_all()
 
 
 def host_filter(host) -> int:

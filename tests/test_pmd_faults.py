@@ -13,21 +13,15 @@ from netvsc.errors import DeviceError
 from netvsc.ethdev import api
 from netvsc.pmd.control import ControlTimeout
 from netvsc.pmd.port import NetvscPort
-from pmd_support import Ports, device_guid, netvsp, start_host, wait_for
+from pmd_support import Ports, device_guid, module_host, netvsp, start_host, wait_for
+
+host = module_host("faults", "--queues", "8", "--link-change-delay", "0")
 
 
-@pytest.fixture(scope="module")
-def host(tmp_path_factory):
-    host = start_host(tmp_path_factory.mktemp("faults") / "root", "--queues", "8", "--link-change-delay", "0")
-    yield host
-    host.stop()
-
-
-@pytest.fixture
-def ports(host):
-    ports = Ports(host)
-    yield ports
-    ports.close_all()
+@pytest.fixture(autouse=True)
+def clear_faults(host):
+    """Each test starts from a host without faults."""
+    yield
     host.ctl("fault", name="clear", nic=0)
 
 

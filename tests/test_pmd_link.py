@@ -6,27 +6,16 @@ from __future__ import annotations
 import threading
 import time
 
-import pytest
-
 from netvsc.ethdev import api
-from pmd_support import Ports, start_host, wait_for
+from pmd_support import module_host, wait_for
 
 LATENCY_US = 50
 POLL_ALLOWANCE_S = 1.0  # the host's link pacing, its scan period and our 1 ms poll, generously
 
 
-@pytest.fixture(scope="module")
-def host(tmp_path_factory):
-    host = start_host(tmp_path_factory.mktemp("link") / "root", "--link-change-delay", "0")
-    yield host
-    host.stop()
+host = module_host("link", "--link-change-delay", "0")
 
 
-@pytest.fixture
-def ports(host):
-    ports = Ports(host)
-    yield ports
-    ports.close_all()
 
 
 def test_link_update_reports_host_state(ports, host):

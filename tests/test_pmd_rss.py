@@ -13,22 +13,12 @@ from netvsc.errors import ConfigError
 from netvsc.ethdev import api
 from netvsc.pmd import rss
 from netvsc.wire import ndis
-from pmd_support import GpaSender, Ports, netvsp, read_frames, start_host, wait_for
+from pmd_support import GpaSender, module_host, netvsp, read_frames, wait_for
 from rss_reference import reference_toeplitz
 
-
-@pytest.fixture(scope="module")
-def host(tmp_path_factory):
-    host = start_host(tmp_path_factory.mktemp("rss") / "root", "--queues", "8", "--backend", "loopback")
-    yield host
-    host.stop()
+host = module_host("rss", "--queues", "8", "--backend", "loopback")
 
 
-@pytest.fixture
-def ports(host):
-    ports = Ports(host)
-    yield ports
-    ports.close_all()
 
 
 def test_defaults():

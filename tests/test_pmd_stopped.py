@@ -6,29 +6,19 @@ from __future__ import annotations
 
 import random
 
-import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 from netvsc.ethdev import api
-from pmd_support import GpaSender, Ports, netvsp, read_frames, start_host, wait_for
+from pmd_support import GpaSender, module_host, netvsp, read_frames, wait_for
 
 QUEUES = 4
 FRAMES = 120
 
 
-@pytest.fixture(scope="module")
-def host(tmp_path_factory):
-    host = start_host(tmp_path_factory.mktemp("stopped") / "root", "--queues", "8", "--backend", "loopback")
-    yield host
-    host.stop()
+host = module_host("stopped", "--queues", "8", "--backend", "loopback")
 
 
-@pytest.fixture
-def ports(host):
-    ports = Ports(host)
-    yield ports
-    ports.close_all()
 
 
 def held_slots(host) -> dict[int, int]:

@@ -101,6 +101,17 @@ class _CaptureFile:
     def closed(self) -> bool:
         return self._file is None
 
+    def write_batch(
+        self, nic_index: int, direction: str, batch: FrameBatch, first: int = 0, count: int | None = None
+    ) -> None:
+        """Record frames ``first..first+count-1`` of ``batch`` (VLAN metadata written as a tag)."""
+        end = batch.count if count is None else min(batch.count, first + count)
+        stamp = time.time_ns()
+        for index in range(first, end):
+            self.write_frame(
+                nic_index, direction, _vlan_tagged(batch.frame(index), int(batch.vlan_tci[index])), stamp
+            )
+
     def __enter__(self):
         return self
 
@@ -184,17 +195,6 @@ class PcapngWriter(_CaptureFile):
             self._write(_block(BLOCK_EPB, body))
             self.packets += 1
 
-    def write_batch(
-        self, nic_index: int, direction: str, batch: FrameBatch, first: int = 0, count: int | None = None
-    ) -> None:
-        """Record frames ``first..first+count-1`` of ``batch`` (VLAN metadata written as a tag)."""
-        end = batch.count if count is None else min(batch.count, first + count)
-        stamp = time.time_ns()
-        for index in range(first, end):
-            self.write_frame(
-                nic_index, direction, _vlan_tagged(batch.frame(index), int(batch.vlan_tci[index])), stamp
-            )
-
 
 class PcapWriter(_CaptureFile):
     """A classic pcap file (microsecond timestamps, Ethernet); NIC and direction are not recorded."""
@@ -222,16 +222,6 @@ class PcapWriter(_CaptureFile):
                 struct.pack("<IIII", seconds, nanoseconds // 1000, len(captured), len(raw)) + captured
             )
             self.packets += 1
-
-    def write_batch(
-        self, nic_index: int, direction: str, batch: FrameBatch, first: int = 0, count: int | None = None
-    ) -> None:
-        end = batch.count if count is None else min(batch.count, first + count)
-        stamp = time.time_ns()
-        for index in range(first, end):
-            self.write_frame(
-                nic_index, direction, _vlan_tagged(batch.frame(index), int(batch.vlan_tci[index])), stamp
-            )
 
 
 def open_capture(path: str, snaplen: int = DEFAULT_SNAPLEN) -> PcapngWriter | PcapWriter:

@@ -256,7 +256,15 @@ def queue_push(
 
 
 @njit(nogil=True, cache=True)
-def _reset_rx_metadata(tx_flags, l4_offset, mss, hash_value, hash_info, queue, index):
+def _set_rx_metadata(
+    length, vlan_tci, rx_checksum, tx_flags, l4_offset, mss, hash_value, hash_info, queue,
+    index, frame_len, frame_vlan, frame_checksum,
+):
+    """Metadata of a received frame just copied into batch slot ``index``: its length, VLAN and
+    checksum state; the transmit-side and RSS fields cleared (rxpath fills RSS)."""
+    length[index] = frame_len
+    vlan_tci[index] = frame_vlan
+    rx_checksum[index] = frame_checksum
     tx_flags[index] = 0
     l4_offset[index] = 0
     mss[index] = 0
@@ -304,11 +312,9 @@ def queue_pop(
             q_state[Q_DROPPED_OVERSIZE] += 1
             continue
         dst_data[to : to + frame_len] = q_data[at : at + frame_len]
-        dst_length[index] = frame_len
-        dst_vlan[index] = q_vlan[slot]
-        dst_checksum[index] = q_checksum[slot]
-        _reset_rx_metadata(
-            dst_tx_flags, dst_l4_offset, dst_mss, dst_hash_value, dst_hash_info, dst_queue, index
+        _set_rx_metadata(
+            dst_length, dst_vlan, dst_checksum, dst_tx_flags, dst_l4_offset, dst_mss, dst_hash_value,
+            dst_hash_info, dst_queue, index, frame_len, q_vlan[slot], q_checksum[slot],
         )
         moved += 1
     return moved
@@ -364,11 +370,9 @@ def pool_copy(
         ):
             continue
         dst_data[to : to + frame_len] = pool_data[at : at + frame_len]
-        dst_length[index] = frame_len
-        dst_vlan[index] = pool_vlan[frame]
-        dst_checksum[index] = pool_checksum[frame]
-        _reset_rx_metadata(
-            dst_tx_flags, dst_l4_offset, dst_mss, dst_hash_value, dst_hash_info, dst_queue, index
+        _set_rx_metadata(
+            dst_length, dst_vlan, dst_checksum, dst_tx_flags, dst_l4_offset, dst_mss, dst_hash_value,
+            dst_hash_info, dst_queue, index, frame_len, pool_vlan[frame], pool_checksum[frame],
         )
         copied += 1
     return copied, consumed
