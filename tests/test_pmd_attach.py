@@ -121,7 +121,7 @@ def test_dev_info_as_discovered(ports):
     assert (info.tx_desc_lim.nb_min, info.tx_desc_lim.nb_max) == (1, 4096)
     assert info.max_rx_queues == info.max_tx_queues == min(port.host_rss_rings, 64)
     always_tx = api.TX_OFFLOAD_MULTI_SEGS | api.TX_OFFLOAD_VLAN_INSERT
-    always_rx = api.RX_OFFLOAD_VLAN_STRIP | api.RX_OFFLOAD_RSS_HASH
+    always_rx = api.RX_OFFLOAD_VLAN_STRIP | api.RX_OFFLOAD_RSS_HASH | api.RX_OFFLOAD_SCATTER
     assert info.tx_offload_capa & always_tx == always_tx
     assert info.rx_offload_capa & always_rx == always_rx
     # The emulated host offers every checksum and LSOv2 (OpenVMM): all bits appear.
@@ -150,7 +150,7 @@ def test_offload_capability_mapping_follows_host_bits(ports):
     )
     rx, tx = port._offload_capa()
     assert tx == api.TX_OFFLOAD_MULTI_SEGS | api.TX_OFFLOAD_VLAN_INSERT | api.TX_OFFLOAD_IPV4_CKSUM
-    assert rx == api.RX_OFFLOAD_VLAN_STRIP | api.RX_OFFLOAD_RSS_HASH
+    assert rx == api.RX_OFFLOAD_VLAN_STRIP | api.RX_OFFLOAD_RSS_HASH | api.RX_OFFLOAD_SCATTER
 
 
 def test_latency_devarg_reaches_monitor_page(ports):

@@ -8,6 +8,7 @@ import pytest
 
 from netvsc.errors import ConfigError, DeviceError, NotSupportedError
 from netvsc.ethdev import api
+from netvsc.ethdev.mempool import Mempool
 from netvsc.pmd.port import PortBusyError
 from netvsc.wire import ndis
 from pmd_support import module_host, netvsp, wait_for
@@ -31,11 +32,12 @@ def sets(host) -> int:
 
 
 def test_offload_validation(ports):
-    """pmd#15 pmd#16 pmd#23: SCATTER, LRO and unknown offloads are refused with a ConfigError naming
-    them; RSS adds RSS_HASH; RSS_HASH without RSS is refused."""
+    """pmd#15 pmd#16 pmd#23 pmd#64: SCATTER is accepted (scattered RX chains mbufs); LRO and
+    unknown offloads are refused with a ConfigError naming them; RSS adds RSS_HASH; RSS_HASH
+    without RSS is refused."""
     port = ports.open()
-    with pytest.raises(ConfigError, match="SCATTER.*data path"):
-        port.configure(1, 1, rx_offloads=api.RX_OFFLOAD_SCATTER)
+    assert port.dev_info().rx_offload_capa & api.RX_OFFLOAD_SCATTER
+    port.configure(1, 1, rx_offloads=api.RX_OFFLOAD_SCATTER)
     with pytest.raises(ConfigError, match="LRO"):
         port.configure(1, 1, rx_offloads=api.RX_OFFLOAD_LRO)
     with pytest.raises(ConfigError, match="rx_offloads"):
@@ -98,17 +100,16 @@ def test_one_rx_queue_sends_no_rss(ports, host):
 
 
 def test_rx_queue_setup(ports):
-    """pmd#26 pmd#27: nb_desc 0 is 512, clamped to the pool's share; ring size next power of two."""
-
-    class Pool:
-        def free_count(self):
-            return 600
-
+    """pmd#26 pmd#27: nb_desc 0 is 512, clamped to the pool's share; ring size next power of two;
+    a mempool that is not a Mempool is refused."""
     port = ports.open()
     port.configure(2, 2)
     rxq = port.rx_queue_setup(0, 0)
     assert rxq.nb_desc == 512 and rxq.ring_size == 512
-    rxq = port.rx_queue_setup(1, 1000, mempool=Pool())
+    with pytest.raises(ConfigError, match="mempool"):
+        port.rx_queue_setup(1, 128, mempool=object())
+    pool = Mempool(600, 256, root=ports.host.root)
+    rxq = port.rx_queue_setup(1, 1000, mempool=pool)
     assert rxq.nb_desc == 300 and rxq.ring_size == 512
     assert port.rx_queue_info(1)["nb_desc"] == 512
     with pytest.raises(ConfigError, match="rx queue"):

@@ -20,8 +20,8 @@ Parking is what lets the RX path complete a host receive-buffer slot only after 
 that points into it is freed (spec/pmd.md 2.5 step 2), in any thread and from numba, without
 calling Python from a kernel.
 
-A mempool is not thread-safe: one thread at a time uses it (DPDK uses per-core caches and
-atomics for that; not built here).
+The free stack and the parked list are guarded by a spin lock in the pool (``lock``), so any
+thread may allocate and free; a buffer's own refcount and metadata belong to whoever holds it.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ import numpy as np
 from numba import njit
 
 from netvsc.errors import ConfigError, NetvscError
+from netvsc.fastpath.addrtable import ArrayTable, table_array
+from netvsc.fastpath.atomics import atomic_cas_u32, atomic_store_u32
 from netvsc.vmbus.dma import allocate_dma
 from netvsc.wire.vmbus import HV_PAGE_SHIFT, HV_PAGE_SIZE
 
@@ -49,11 +51,14 @@ __all__ = [
     "mp_attach_external",
     "mp_chain_append",
     "mp_drain_external",
+    "mp_drain_external_owner",
+    "mp_external_memory",
     "mp_free",
     "mp_free_bulk",
     "mp_gpa_of",
     "mp_gpa_ranges",
     "mp_refcnt_update",
+    "pool_from_table",
 ]
 
 log = logging.getLogger(__name__)
@@ -65,6 +70,7 @@ DATA_MIN = 64  # bytes of data room that must remain after the headroom
 SEGMENTS_MAX = 255  # segments of one packet chain
 _REGION_MAX = 1 << 32  # what one DMA region can span (vmbus.guestmem.REGION_SIZE_MAX)
 _INDEX_MAX = (1 << 31) - 1  # buffer indices are int32
+EXT_OWNERS_MAX = 64  # external memories one pool can attach (a port registers one per RX queue)
 
 # ---------------------------------------------------------------------------------------------
 # Offload flags (``ol_flags``). Bit positions follow DPDK's RTE_MBUF_F_* so a flag word printed
@@ -132,6 +138,9 @@ PoolArrays = namedtuple(
         "ext_owner",  # int32[n]: registered external-memory owner, -1 = none
         "ext_id",  # int64[n]: the owner's id for the attached memory (a receive slot)
         "ext_base",  # int64[n]: offset of the attached memory in the owner's array
+        "packet_type",  # uint32[n]: RX: software-parsed packet type (PTYPE_* bits)
+        "ext_memory",  # int64[2 * EXT_OWNERS_MAX]: address and length of each owner's memory
+        "lock",  # uint32[1]: spin lock over the free stack and the parked list
         "page_gpas",  # uint64[pages]: GPA of each 4 KiB page of the region
         "data",  # uint8[region size]: buffer i is data[i * data_room:(i + 1) * data_room]
     ],
@@ -145,6 +154,19 @@ class MempoolExhausted(NetvscError):
 # ---------------------------------------------------------------------------------------------
 # Kernels
 # ---------------------------------------------------------------------------------------------
+
+
+@njit(nogil=True, cache=True)
+def _lock(pool):
+    """Take the pool's spin lock: the free stack and the parked list are shared by every thread
+    that allocates or frees (an application thread, the port's control worker)."""
+    while atomic_cas_u32(pool.lock, 0, 0, 1) != 0:
+        pass
+
+
+@njit(nogil=True, cache=True)
+def _unlock(pool):
+    atomic_store_u32(pool.lock, 0, 0)
 
 
 @njit(nogil=True, cache=True)
@@ -168,6 +190,7 @@ def _reset(pool, index):
     pool.ext_owner[index] = -1
     pool.ext_id[index] = -1
     pool.ext_base[index] = 0
+    pool.packet_type[index] = 0
 
 
 @njit(nogil=True, cache=True)
@@ -178,16 +201,18 @@ def mp_alloc_bulk(pool, out, count):
     """
     if count <= 0 or count > out.shape[0]:
         return 0
+    _lock(pool)
     top = pool.state[ST_FREE_TOP]
     if top < count:
         pool.state[ST_ALLOC_FAILS] += 1
+        _unlock(pool)
         return 0
+    pool.state[ST_FREE_TOP] = top - count
     for k in range(count):
-        top -= 1
-        index = pool.free_stack[top]
-        _reset(pool, index)
-        out[k] = index
-    pool.state[ST_FREE_TOP] = top
+        out[k] = pool.free_stack[top - 1 - k]
+    _unlock(pool)
+    for k in range(count):
+        _reset(pool, out[k])
     return count
 
 
@@ -195,6 +220,7 @@ def mp_alloc_bulk(pool, out, count):
 def _release(pool, index):
     """A segment whose last reference went away: back to the free stack, or parked."""
     pool.next_seg[index] = -1
+    _lock(pool)
     if pool.ext_owner[index] >= 0:
         parked = pool.state[ST_PARKED]
         pool.parked[parked] = index
@@ -203,6 +229,7 @@ def _release(pool, index):
         top = pool.state[ST_FREE_TOP]
         pool.free_stack[top] = index
         pool.state[ST_FREE_TOP] = top + 1
+    _unlock(pool)
 
 
 @njit(nogil=True, cache=True)
@@ -296,6 +323,7 @@ def mp_drain_external(pool, out_owner, out_id):
     """
     done = 0
     limit = min(out_owner.shape[0], out_id.shape[0])
+    _lock(pool)
     while done < limit and pool.state[ST_PARKED] > 0:
         parked = pool.state[ST_PARKED] - 1
         index = pool.parked[parked]
@@ -308,7 +336,75 @@ def mp_drain_external(pool, out_owner, out_id):
         pool.free_stack[top] = index
         pool.state[ST_FREE_TOP] = top + 1
         done += 1
+    _unlock(pool)
     return done
+
+
+@njit(nogil=True, cache=True)
+def mp_drain_external_owner(pool, owner, out_id):
+    """Like ``mp_drain_external`` for the buffers of one owner only (an RX queue drains its own
+    receive slots, whichever thread freed the mbufs). Returns how many ``out_id`` holds."""
+    done = 0
+    k = 0
+    _lock(pool)
+    while k < pool.state[ST_PARKED] and done < out_id.shape[0]:
+        index = pool.parked[k]
+        if pool.ext_owner[index] != owner:
+            k += 1
+            continue
+        out_id[done] = pool.ext_id[index]
+        done += 1
+        last = pool.state[ST_PARKED] - 1
+        pool.parked[k] = pool.parked[last]  # swap-remove; k is examined again
+        pool.state[ST_PARKED] = last
+        pool.ext_owner[index] = -1
+        pool.ext_id[index] = -1
+        top = pool.state[ST_FREE_TOP]
+        pool.free_stack[top] = index
+        pool.state[ST_FREE_TOP] = top + 1
+    _unlock(pool)
+    return done
+
+
+@njit(nogil=True, cache=True)
+def mp_external_memory(pool, owner):
+    """The memory of external owner ``owner`` as a uint8 array (empty for an unknown owner)."""
+    if owner < 0 or 2 * owner + 1 >= pool.ext_memory.shape[0]:
+        return table_array(pool.ext_memory, 0, np.uint8)[:0]
+    return table_array(pool.ext_memory, owner, np.uint8)
+
+
+@njit(nogil=True, cache=True)
+def pool_from_table(table):
+    """The ``PoolArrays`` of a mempool from its ``Mempool.table`` (one cheap kernel argument)."""
+    return PoolArrays(
+        table_array(table, 0, np.int64),
+        table_array(table, 1, np.int32),
+        table_array(table, 2, np.int32),
+        table_array(table, 3, np.int32),
+        table_array(table, 4, np.int32),
+        table_array(table, 5, np.int32),
+        table_array(table, 6, np.int32),
+        table_array(table, 7, np.int32),
+        table_array(table, 8, np.int32),
+        table_array(table, 9, np.uint64),
+        table_array(table, 10, np.uint16),
+        table_array(table, 11, np.uint32),
+        table_array(table, 12, np.uint16),
+        table_array(table, 13, np.uint16),
+        table_array(table, 14, np.uint16),
+        table_array(table, 15, np.uint16),
+        table_array(table, 16, np.uint16),
+        table_array(table, 17, np.uint32),
+        table_array(table, 18, np.int32),
+        table_array(table, 19, np.int64),
+        table_array(table, 20, np.int64),
+        table_array(table, 21, np.uint32),
+        table_array(table, 22, np.int64),
+        table_array(table, 23, np.uint32),
+        table_array(table, 24, np.uint64),
+        table_array(table, 25, np.uint8),
+    )
 
 
 @njit(nogil=True, cache=True)
@@ -388,6 +484,30 @@ def mp_gpa_ranges(pool, head, out_gpa, out_len):
         segment = pool.next_seg[segment]
         steps += 1
     return ranges
+
+
+# One-argument forms for the Python methods below: a ``PoolArrays`` argument would cost numba a
+# microsecond or more of unboxing per call, the table a few nanoseconds.
+
+
+@njit(nogil=True, cache=True)
+def _alloc_bulk_t(table, out, count):
+    return mp_alloc_bulk(pool_from_table(table), out, count)
+
+
+@njit(nogil=True, cache=True)
+def _free_bulk_t(table, indices, count):
+    return mp_free_bulk(pool_from_table(table), indices, count)
+
+
+@njit(nogil=True, cache=True)
+def _refcnt_update_t(table, head, delta):
+    return mp_refcnt_update(pool_from_table(table), head, delta)
+
+
+@njit(nogil=True, cache=True)
+def _drain_owner_t(table, owner, out_id):
+    return mp_drain_external_owner(pool_from_table(table), owner, out_id)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -480,9 +600,15 @@ class Mempool:
             ext_owner=per_buffer(np.int32, -1),
             ext_id=per_buffer(np.int64, -1),
             ext_base=per_buffer(np.int64),
+            packet_type=per_buffer(np.uint32),
+            ext_memory=np.zeros(2 * EXT_OWNERS_MAX, dtype=np.int64),
+            lock=np.zeros(1, dtype=np.uint32),
             page_gpas=page_gpas,
             data=self.region.array,
         )
+        self.table = ArrayTable(len(PoolArrays._fields))
+        for slot, array in enumerate(self.arrays):
+            self.table.set(slot, array)
         self._drain_owner = np.empty(n, dtype=np.int32)
         self._drain_id = np.empty(n, dtype=np.int64)
         log.debug("mempool %s: %d buffers of %d bytes (%s memory)", name, n, data_room, self.region.kind)
@@ -530,18 +656,18 @@ class Mempool:
         """Take ``n`` buffers into ``out_indices[:n]`` (int32): ``n``, or 0 and nothing taken."""
         if not isinstance(out_indices, np.ndarray) or out_indices.dtype != np.int32 or out_indices.ndim != 1:
             raise ConfigError("out_indices", type(out_indices).__name__, "a 1-D numpy int32 array")
-        return int(mp_alloc_bulk(self.arrays, out_indices, int(n)))
+        return int(_alloc_bulk_t(self.table.table, out_indices, int(n)))
 
     def alloc(self) -> int:
         """One buffer's index; ``MempoolExhausted`` when none is free."""
         out = np.empty(1, dtype=np.int32)
-        if not mp_alloc_bulk(self.arrays, out, 1):
+        if not _alloc_bulk_t(self.table.table, out, 1):
             raise MempoolExhausted(f"mempool {self.name}: all {self.n} buffers in use")
         return int(out[0])
 
     def free(self, head: int) -> bool:
         """Drop one reference to the packet at ``head``; False if refused (double free, bad index)."""
-        accepted = bool(int(mp_refcnt_update(self.arrays, int(head), -1)) >= 0)
+        accepted = bool(int(_refcnt_update_t(self.table.table, int(head), -1)) >= 0)
         self.drain_external()
         return accepted
 
@@ -549,7 +675,7 @@ class Mempool:
         """Free each of ``indices[:count]``; returns how many frees were accepted."""
         indices = np.ascontiguousarray(indices, dtype=np.int32)
         count = len(indices) if count is None else int(count)
-        accepted = int(mp_free_bulk(self.arrays, indices, count))
+        accepted = int(_free_bulk_t(self.table.table, indices, count))
         self.drain_external()
         return accepted
 
@@ -576,8 +702,16 @@ class Mempool:
         """
         if not isinstance(memory, np.ndarray) or memory.dtype != np.uint8 or memory.ndim != 1:
             raise ConfigError("memory", type(memory).__name__, "a 1-D numpy uint8 array")
+        if len(self._externals) >= EXT_OWNERS_MAX:
+            raise ConfigError(
+                "external memories", len(self._externals) + 1, f"at most {EXT_OWNERS_MAX} per mempool"
+            )
+        owner = len(self._externals)
         self._externals.append((memory, on_release))
-        return len(self._externals) - 1
+        # Kernels reach an owner's memory by address (an external segment sent on TX is copied).
+        self.arrays.ext_memory[2 * owner] = memory.ctypes.data
+        self.arrays.ext_memory[2 * owner + 1] = memory.shape[0]
+        return owner
 
     def attach_external(
         self, index: int, owner: int, ext_id: int, ext_base: int, data_off: int, data_len: int
@@ -599,12 +733,16 @@ class Mempool:
         """Return parked buffers to the free stack and call their owners' ``on_release``."""
         if not self.arrays.state[ST_PARKED]:
             return 0
-        done = int(mp_drain_external(self.arrays, self._drain_owner, self._drain_id))
-        for k in range(done):
-            owner = int(self._drain_owner[k])
-            callback = self._externals[owner][1] if 0 <= owner < len(self._externals) else None
-            if callback is not None:
+        # Only owners with a callback: a kernel-side owner (an RX queue) drains its own buffers,
+        # since it must complete each receive slot to the host itself.
+        done = 0
+        for owner, (_memory, callback) in enumerate(self._externals):
+            if callback is None:
+                continue
+            count = int(_drain_owner_t(self.table.table, owner, self._drain_id))
+            for k in range(count):
                 callback(int(self._drain_id[k]))
+            done += count
         return done
 
     # -- addresses -----------------------------------------------------------------------------
@@ -680,7 +818,7 @@ class Mempool:
         room = self.segment_room
         needed = -(-length // room)
         chain = np.empty(needed, dtype=np.int32)
-        if not mp_alloc_bulk(self.arrays, chain, needed):
+        if not _alloc_bulk_t(self.table.table, chain, needed):
             raise MempoolExhausted(f"mempool {self.name}: {needed} buffers needed, {self.available()} free")
         a = self.arrays
         for k in range(needed):
@@ -700,6 +838,7 @@ class Mempool:
         """Release the region (idempotent); no buffer may be used afterwards."""
         # Drop our view first so the mapping can really go (a live view pins it).
         self.arrays = self.arrays._replace(data=np.empty(0, dtype=np.uint8))
+        self.table.clear()
         self.region.close()
 
     def __enter__(self) -> Mempool:

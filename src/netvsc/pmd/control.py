@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from netvsc.errors import DeviceError, ProtocolError, RingFullError
+from netvsc.pmd.qlayout import Q_STOPPED_DROPS
 from netvsc.proto import nvsp as proto_nvsp
 from netvsc.proto import rndis as proto_rndis
 from netvsc.vmbus.channel import Channel
@@ -102,13 +103,15 @@ class ControlChannel:
         self.vf_allocated = False
         self.pending_sends: set[int] = set()  # transaction ids of GPA/inband sends awaiting completion
         self.closed = False
+        self.datapath = None  # the port's PortDataPath once started: it owns the channels' rings
         self._nvsp_reply: proto_nvsp.Event | None = None
         self._rndis_reply: proto_rndis.Response | None = None
 
     @property
     def data_frames_dropped(self) -> int:
         """Data frames dropped (and their sections completed) because no data path read them."""
-        return self.counters["data_frames_dropped"]
+        extra = self.datapath.counter(Q_STOPPED_DROPS) if self.datapath is not None else 0
+        return self.counters["data_frames_dropped"] + extra
 
     # -- ring processing ---------------------------------------------------------------------
 
@@ -116,6 +119,11 @@ class ControlChannel:
         """Process up to ``budget`` packets of ``channel`` (default the primary); never blocks
         on the host. Every channel of the port goes through here when no data path reads it."""
         channel = self.channel if channel is None else channel
+        engine = self.datapath.engine_for(channel) if self.datapath is not None else None
+        if engine is not None:
+            # The queue's kernels read this ring now; control items come back through _dispatch
+            # and _on_rndis. A queue busy in another thread is left to it (DPDK's try-lock).
+            return engine.poll(blocking=False)
         handled = 0
         with self.ring_lock:
             while handled < budget and not self.closed:

@@ -16,6 +16,7 @@ decision 7: RNDIS HALT, revoke the receive and send buffers, close the channels.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import threading
@@ -26,9 +27,12 @@ from pathlib import Path
 
 from netvsc.errors import ConfigError, DeviceError, NetvscError, NotSupportedError
 from netvsc.ethdev import api
-from netvsc.pmd import nvs, rss
+from netvsc.ethdev.batch import PacketBatch
+from netvsc.ethdev.mempool import Mempool
+from netvsc.pmd import nvs, qlayout, rss
 from netvsc.pmd import stats as pmd_stats
 from netvsc.pmd.control import CONTROL_TIMEOUT_S, ControlChannel, ControlWorker, HostEvent
+from netvsc.pmd.datapath import DataPathConfig, PortDataPath, QueueEngine
 from netvsc.pmd.devargs import NetvscDevargs, parse_devargs
 from netvsc.pmd.rndis import RndisControl, allocate_control_memory, offload_parameters_for
 from netvsc.vmbus.channel import Channel
@@ -49,13 +53,16 @@ ETHER_OVERHEAD = 18  # header + CRC, for the MTU rule MTU + 18 <= max RX packet 
 MIN_FRAME = 64
 SPEED_CAPA_MBPS = 10_000
 TX_DESC_MAX = 4096
+TX_DESC_DEFAULT = 512
+TX_FREE_THRESH_DEFAULT = 32
 RX_DESC_DEFAULT = 512
 STOP_DRAIN_S = 1.0  # stop waits this long for outstanding send completions (pmd#29)
 RESCIND_CHECK_S = 0.1
 TEARDOWN_READ_S = 1.0  # the host reads HALT and the revokes before the channel closes
 
 RX_OFFLOADS_SUPPORTED = (
-    api.RX_OFFLOAD_VLAN_STRIP
+    api.RX_OFFLOAD_SCATTER
+    | api.RX_OFFLOAD_VLAN_STRIP
     | api.RX_OFFLOAD_IPV4_CKSUM
     | api.RX_OFFLOAD_UDP_CKSUM
     | api.RX_OFFLOAD_TCP_CKSUM
@@ -69,6 +76,9 @@ TX_OFFLOADS_SUPPORTED = (
     | api.TX_OFFLOAD_TCP_TSO
     | api.TX_OFFLOAD_MULTI_SEGS
 )
+
+
+_PORT_IDS = itertools.count()
 
 
 class PortBusyError(ConfigError):
@@ -145,6 +155,10 @@ class NetvscPort:
         self.control: ControlChannel | None = None
         self.worker: ControlWorker | None = None
         self._memory = None
+        self._datapath: PortDataPath | None = None
+        self._rx_engines: list[QueueEngine | None] = []
+        self._tx_engines: list[QueueEngine | None] = []
+        self.port_id = next(_PORT_IDS)
 
     # -- open / attach / detach --------------------------------------------------------------
 
@@ -242,6 +256,7 @@ class NetvscPort:
         if self.worker is not None:
             self.worker.stop()
             self.worker = None
+        self._drop_datapath()
         control = self.control
         if control is not None and not control.closed:
             for name, step in (
@@ -324,6 +339,9 @@ class NetvscPort:
         if self.control is not None:
             for key, value in self.control.counters.items():
                 out[key] = out.get(key, 0) + value
+            out["data_frames_dropped"] = self._counters_total.get("data_frames_dropped", 0) + (
+                self.control.data_frames_dropped
+            )
         return out
 
     def _check_open(self) -> None:
@@ -343,7 +361,7 @@ class NetvscPort:
     def _offload_capa(self) -> tuple[int, int]:
         caps = self._offload_caps
         tx = api.TX_OFFLOAD_MULTI_SEGS | api.TX_OFFLOAD_VLAN_INSERT
-        rx = api.RX_OFFLOAD_VLAN_STRIP | api.RX_OFFLOAD_RSS_HASH
+        rx = api.RX_OFFLOAD_VLAN_STRIP | api.RX_OFFLOAD_RSS_HASH | api.RX_OFFLOAD_SCATTER
         v4_tx, v6_tx = caps.ipv4_tx_flags, caps.ipv6_tx_flags
         v4_rx, v6_rx = caps.ipv4_rx_flags, caps.ipv6_rx_flags
         if v4_tx & ndis.CHECKSUM_CAP_IPV4_HEADER and v4_tx & ndis.CHECKSUM_CAP_IPV4_OPTIONS:
@@ -434,11 +452,6 @@ class NetvscPort:
         for name, value in (("nb_rx_queues", nb_rxq), ("nb_tx_queues", nb_txq)):
             if not isinstance(value, int) or not 1 <= value <= self.max_queues:
                 raise ConfigError(name, value, f"1..{self.max_queues} (the host's queue limit)")
-        if rx_offloads & api.RX_OFFLOAD_SCATTER:
-            # DPDK pitfall avoided: scattered RX was advertised and then refused.
-            raise ConfigError(
-                "rx_offloads", "SCATTER", "not SCATTER", "scattered RX comes with the data path (issue 5)"
-            )
         if rx_offloads & api.RX_OFFLOAD_LRO:
             raise ConfigError(
                 "rx_offloads", "LRO", "not LRO", "the host does not coalesce toward this driver"
@@ -501,6 +514,7 @@ class NetvscPort:
                 if granted:
                     self._subchannels = self.dev.open_subchannels(granted, timeout=self.control_timeout)
                     self._apply_latency()
+        self._drop_datapath()
         self._config = config
         self.rx_counters.resize(config.nb_rx_queues)
         self.tx_counters.resize(config.nb_tx_queues)
@@ -560,12 +574,12 @@ class NetvscPort:
             if not isinstance(nb_desc, int) or nb_desc < 0:
                 raise ConfigError("nb_desc", nb_desc, "a non-negative integer (0 = default 512)")
             nb_desc = nb_desc or RX_DESC_DEFAULT
-            free = getattr(mempool, "free_count", None)
-            if callable(free):
-                free = free()
-            if free is not None:
-                share = int(free) // self._config.nb_rx_queues
+            if mempool is not None and not isinstance(mempool, Mempool):
+                raise ConfigError("mempool", type(mempool).__name__, "a netvsc.ethdev.mempool.Mempool")
+            if mempool is not None:
+                share = mempool.available() // self._config.nb_rx_queues
                 nb_desc = min(nb_desc, max(share, 1))
+            self._drop_datapath()
             rxq = RxQueue(queue, self.channels[queue], nb_desc, _next_power_of_two(nb_desc), mempool)
             self._rx_queues[queue] = rxq
             return rxq
@@ -584,6 +598,7 @@ class NetvscPort:
                 raise ConfigError(
                     "tx_free_thresh", threshold, f"0..{nb_desc - 4} (threshold + 3 < nb_desc {nb_desc})"
                 )
+            self._drop_datapath()
             txq = TxQueue(queue, self.channels[queue], nb_desc, threshold)
             self._tx_queues[queue] = txq
             if queue >= self._config.nb_rx_queues:
@@ -627,6 +642,11 @@ class NetvscPort:
                 return
             if self.rescinded:
                 raise DeviceError(f"port {self.device_name}: channels were rescinded")
+            if self._datapath is None:
+                self._build_datapath()
+            self._datapath.set_started(True)
+            self._rx_engines = [self._datapath.engines.get(q) for q in range(self._config.nb_rx_queues)]
+            self._tx_engines = [self._datapath.engines.get(q) for q in range(self._config.nb_tx_queues)]
             self.rndis.set_packet_filter(self._packet_filter())  # pmd#28
             self._started = True
             self._refresh_link(notify=False)
@@ -636,15 +656,29 @@ class NetvscPort:
             if not self._started:
                 return
             self._started = False  # received data is dropped from now on (pmd#30)
+            self._rx_engines = [None] * len(self._rx_engines)
+            self._tx_engines = [None] * len(self._tx_engines)
+            path = self._datapath
+            if path is not None:
+                path.set_started(False)
             if self.control is None or self.rescinded:
                 return
             self.rndis.set_packet_filter(ndis.NDIS_PACKET_TYPE_NONE)
             deadline = time.monotonic() + STOP_DRAIN_S
-            while self.control.pending_sends and time.monotonic() < deadline:
+            while time.monotonic() < deadline:
+                if path is not None:
+                    for engine in path.engines.values():
+                        engine.flush()
+                        engine.poll()
+                if not self.control.pending_sends and (path is None or path.outstanding_sends() == 0):
+                    break
                 self.control.poll()
-                time.sleep(0.01)
-            if self.control.pending_sends:
-                log.warning("stop: %d sends still without completion", len(self.control.pending_sends))
+                time.sleep(0.001)
+            if path is not None:
+                for engine in path.engines.values():
+                    engine.free_staged()  # the mempool is whole again after stop
+            if self.control.pending_sends or (path is not None and path.outstanding_sends()):
+                log.warning("stop: sends still without completion")
 
     def close(self) -> None:
         """Release everything; idempotent (pmd#31)."""
@@ -673,6 +707,153 @@ class NetvscPort:
             self._reattach(1500)
             self._config = _Configuration()
             self._configured = False
+
+    # -- data path ----------------------------------------------------------------------------
+
+    def _build_datapath(self) -> None:
+        limits = self.rndis_limits
+        config = DataPathConfig(
+            port_id=self.port_id,
+            rx_copybreak=int(self.devargs.rx_copybreak),
+            tx_copybreak=int(self.devargs.tx_copybreak),
+            rx_extmbuf=self.devargs.rx_extmbuf,
+            vlan_strip=bool(self._config.rx_offloads & api.RX_OFFLOAD_VLAN_STRIP),
+            recv_sections=int(self.nvs.recv_section_count),
+            chimney_size=int(self.nvs.chimney_section_size),
+            chimney_count=int(self.nvs.chimney_section_count),
+            agg_max_bytes=min(int(limits.max_bytes), int(self.nvs.chimney_section_size)),
+            agg_max_packets=int(limits.max_packets),
+            alignment=int(limits.alignment),
+        )
+        path = PortDataPath(config, self.control, self.dev, self.root, self.rx_counters, self.tx_counters)
+        try:
+            nb_channels = max(self._config.nb_rx_queues, self._config.nb_tx_queues)
+            for queue, channel in enumerate(self.channels[:nb_channels]):
+                rxq = self._rx_queues[queue] if queue < len(self._rx_queues) else None
+                txq = self._tx_queues[queue] if queue < len(self._tx_queues) else None
+                lock = self.control.ring_lock if queue == 0 else threading.RLock()
+                path.add_engine(
+                    queue,
+                    channel,
+                    lock,
+                    rx_pool=rxq.mempool if rxq is not None else None,
+                    rx_desc=rxq.ring_size if rxq is not None and rxq.ring_size else RX_DESC_DEFAULT,
+                    tx_desc=txq.nb_desc if txq is not None else TX_DESC_DEFAULT,
+                    tx_free_thresh=txq.tx_free_thresh if txq is not None else TX_FREE_THRESH_DEFAULT,
+                )
+        except BaseException:
+            path.close()
+            raise
+        self._datapath = path
+        self.control.datapath = path
+
+    def _drop_datapath(self) -> None:
+        path = self._datapath
+        if path is None:
+            return
+        if self.control is not None:
+            self.control.datapath = None
+        with contextlib.suppress(Exception):
+            path.close()
+        self._datapath = None
+        self._rx_engines = []
+        self._tx_engines = []
+
+    def _engine(self, engines: list, queue: int, direction: str) -> QueueEngine | None:
+        try:
+            return engines[queue]
+        except (IndexError, TypeError):
+            if self._started:
+                raise ConfigError(f"{direction} queue", queue, f"0..{len(engines) - 1}") from None
+            return None
+
+    def rx_burst(self, queue: int, batch: PacketBatch, nb_pkts: int = 0) -> int:
+        """Receive up to ``nb_pkts`` (default: the batch's capacity) frames of queue ``queue``
+        into ``batch`` (spec/pmd.md 2.1); returns how many. 0 while the port is stopped."""
+        engine = self._rx_engines[queue] if 0 <= queue < len(self._rx_engines) else self._engine(
+            self._rx_engines, queue, "rx"
+        )
+        if engine is None:
+            batch.count = 0
+            return 0
+        count = engine.rx_burst(batch.indices, nb_pkts or batch.indices.shape[0])
+        batch.count = count
+        batch.mempool = engine.rx_pool
+        return count
+
+    def tx_burst(self, queue: int, batch: PacketBatch, nb_pkts: int = 0) -> int:
+        """Send the first ``nb_pkts`` (default all) packets of ``batch`` on queue ``queue``.
+
+        Returns how many the port took (sent, or refused as malformed and counted as errors);
+        those leave the batch, and the rest move to its front for the caller to retry or free
+        (a full ring or send buffer ends the burst early, never blocks, spec/pmd.md 3.8).
+        """
+        engine = self._tx_engines[queue] if 0 <= queue < len(self._tx_engines) else self._engine(
+            self._tx_engines, queue, "tx"
+        )
+        count = batch.count if not nb_pkts else min(nb_pkts, batch.count)
+        if engine is None or count <= 0:
+            return 0
+        sent = engine.tx_burst(self._datapath.pool_slot(batch.mempool), batch.indices, count)
+        if sent:
+            remaining = batch.count - sent
+            if remaining:
+                batch.indices[:remaining] = batch.indices[sent : batch.count]
+            batch.count = remaining
+        return sent
+
+    def tx_done_cleanup(self, queue: int, free_cnt: int = 0) -> int:
+        """Process send completions of queue ``queue``: up to ``free_cnt`` (0 = all pending);
+        returns how many were handled (pmd#80)."""
+        engine = self._engine(self._tx_engines, queue, "tx")
+        if engine is None:
+            return 0
+        if not isinstance(free_cnt, int) or free_cnt < 0:
+            raise ConfigError("free_cnt", free_cnt, "0 (all) or a positive count")
+        engine.flush()
+        wanted = free_cnt or engine.outstanding_sends()
+        handled = 0
+        while handled < wanted:
+            got = engine.poll(tx_limit=wanted - handled)
+            if got == 0:
+                break
+            handled += got
+        return handled
+
+    def rx_queue_count(self, queue: int) -> int:
+        """Received frames waiting in queue ``queue``'s staging ring (after processing events)."""
+        engine = self._engine(self._rx_engines, queue, "rx")
+        if engine is None:
+            return 0
+        engine.poll()
+        return engine.staged()
+
+    def rx_descriptor_status(self, queue: int, offset: int) -> str:
+        """pmd#81: "DONE" when a frame waits at ``offset``, else "AVAIL"."""
+        engine = self._engine(self._rx_engines, queue, "rx")
+        if engine is None:
+            raise ConfigError("port state", "stopped", "a started port")
+        engine.poll()
+        if not isinstance(offset, int) or not 0 <= offset < engine.staging_capacity():
+            raise ConfigError("offset", offset, f"0..{engine.staging_capacity() - 1}")
+        return "DONE" if offset < engine.staged() else "AVAIL"
+
+    def tx_descriptor_status(self, queue: int, offset: int) -> str:
+        """pmd#81: "FULL" while descriptor ``offset`` is in flight, else "DONE"."""
+        engine = self._engine(self._tx_engines, queue, "tx")
+        if engine is None:
+            raise ConfigError("port state", "stopped", "a started port")
+        engine.poll()
+        nb_desc = int(engine.q[qlayout.Q_NB_DESC])
+        if not isinstance(offset, int) or not 0 <= offset < nb_desc:
+            raise ConfigError("offset", offset, f"0..{nb_desc - 1}")
+        return "FULL" if offset < engine.outstanding_sends() else "DONE"
+
+    def datapath_counters(self) -> dict[str, int]:
+        """Data-path counters beyond the xstats (bad transfers, skipped ranges, fallbacks...)."""
+        if self._datapath is None:
+            return {}
+        return {name: self._datapath.counter(word) for name, word in qlayout.EXTRA_COUNTERS.items()}
 
     # -- what the synthetic NIC cannot do (pmd#32) ----------------------------------------------
 
