@@ -35,7 +35,7 @@ import numpy as np
 from numba import njit
 
 from netvsc.errors import ConfigError, NetvscError
-from netvsc.fastpath.addrtable import ArrayTable, table_array
+from netvsc.fastpath.addrtable import ArrayTable, register_aliasing_call, table_array
 from netvsc.fastpath.atomics import atomic_cas_u32, atomic_store_u32
 from netvsc.vmbus.dma import allocate_dma
 from netvsc.wire.vmbus import HV_PAGE_SHIFT, HV_PAGE_SIZE
@@ -71,6 +71,9 @@ SEGMENTS_MAX = 255  # segments of one packet chain
 _REGION_MAX = 1 << 32  # what one DMA region can span (vmbus.guestmem.REGION_SIZE_MAX)
 _INDEX_MAX = (1 << 31) - 1  # buffer indices are int32
 EXT_OWNERS_MAX = 64  # external memories one pool can attach (a port registers one per RX queue)
+
+# A PoolArrays built inside a kernel (``pool_from_table``) holds views of the pool's memory.
+register_aliasing_call("PoolArrays", __name__)
 
 # ---------------------------------------------------------------------------------------------
 # Offload flags (``ol_flags``). Bit positions follow DPDK's RTE_MBUF_F_* so a flag word printed
@@ -156,7 +159,7 @@ class MempoolExhausted(NetvscError):
 # ---------------------------------------------------------------------------------------------
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def _lock(pool):
     """Take the pool's spin lock: the free stack and the parked list are shared by every thread
     that allocates or frees (an application thread, the port's control worker)."""
@@ -164,12 +167,12 @@ def _lock(pool):
         pass
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def _unlock(pool):
     atomic_store_u32(pool.lock, 0, 0)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def _reset(pool, index):
     """A buffer as it leaves the free stack: one reference, empty, no flags, nothing attached."""
     pool.refcnt[index] = 1
@@ -193,7 +196,7 @@ def _reset(pool, index):
     pool.packet_type[index] = 0
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def mp_alloc_bulk(pool, out, count):
     """Take ``count`` buffers into ``out[:count]``: returns ``count``, or 0 and takes none.
 
@@ -216,7 +219,7 @@ def mp_alloc_bulk(pool, out, count):
     return count
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def _release(pool, index):
     """A segment whose last reference went away: back to the free stack, or parked."""
     pool.next_seg[index] = -1
@@ -232,7 +235,7 @@ def _release(pool, index):
     _unlock(pool)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def mp_refcnt_update(pool, head, delta):
     """Add ``delta`` to the refcount of every segment of the chain at ``head``.
 
@@ -276,13 +279,13 @@ def mp_refcnt_update(pool, head, delta):
     return new_head
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def mp_free(pool, head):
     """Drop one reference to the packet at ``head`` (every segment); 0 or more on success, -1 refused."""
     return mp_refcnt_update(pool, head, -1)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def mp_free_bulk(pool, indices, count):
     """``mp_free`` each of ``indices[:count]``; returns how many frees were accepted."""
     accepted = 0
@@ -292,7 +295,7 @@ def mp_free_bulk(pool, indices, count):
     return accepted
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def mp_attach_external(pool, index, owner, ext_id, ext_base):
     """Point buffer ``index`` at memory of external owner ``owner`` (an id from
     ``Mempool.register_external``): its data is then ``owner memory[ext_base + data_off:][:data_len]``.
@@ -313,7 +316,7 @@ def mp_attach_external(pool, index, owner, ext_id, ext_base):
     return True
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def mp_drain_external(pool, out_owner, out_id):
     """Return parked buffers to the free stack, reporting ``(owner, ext_id)`` of each.
 
@@ -340,7 +343,7 @@ def mp_drain_external(pool, out_owner, out_id):
     return done
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def mp_drain_external_owner(pool, owner, out_id):
     """Like ``mp_drain_external`` for the buffers of one owner only (an RX queue drains its own
     receive slots, whichever thread freed the mbufs). Returns how many ``out_id`` holds."""
@@ -366,7 +369,7 @@ def mp_drain_external_owner(pool, owner, out_id):
     return done
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def mp_external_memory(pool, owner):
     """The memory of external owner ``owner`` as a uint8 array (empty for an unknown owner)."""
     if owner < 0 or 2 * owner + 1 >= pool.ext_memory.shape[0]:
@@ -374,7 +377,7 @@ def mp_external_memory(pool, owner):
     return table_array(pool.ext_memory, owner, np.uint8)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def pool_from_table(table):
     """The ``PoolArrays`` of a mempool from its ``Mempool.table`` (one cheap kernel argument)."""
     return PoolArrays(
@@ -407,7 +410,7 @@ def pool_from_table(table):
     )
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def mp_chain_append(pool, head, segment):
     """Link the chain at ``segment`` behind the last segment of the chain at ``head``.
 
@@ -438,7 +441,7 @@ def mp_chain_append(pool, head, segment):
     return True
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def mp_gpa_of(pool, index, offset):
     """GPA of byte ``offset`` of buffer ``index`` (from the buffer start); 0 if out of range."""
     data_room = pool.state[ST_DATA_ROOM]
@@ -448,7 +451,7 @@ def mp_gpa_of(pool, index, offset):
     return pool.page_gpas[position >> HV_PAGE_SHIFT] + np.uint64(position & (HV_PAGE_SIZE - 1))
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def mp_gpa_ranges(pool, head, out_gpa, out_len):
     """The packet at ``head`` as GPA ranges that each stay inside one 4 KiB Hyper-V page.
 
@@ -490,22 +493,22 @@ def mp_gpa_ranges(pool, head, out_gpa, out_len):
 # microsecond or more of unboxing per call, the table a few nanoseconds.
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def _alloc_bulk_t(table, out, count):
     return mp_alloc_bulk(pool_from_table(table), out, count)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def _free_bulk_t(table, indices, count):
     return mp_free_bulk(pool_from_table(table), indices, count)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def _refcnt_update_t(table, head, delta):
     return mp_refcnt_update(pool_from_table(table), head, delta)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def _drain_owner_t(table, owner, out_id):
     return mp_drain_external_owner(pool_from_table(table), owner, out_id)
 

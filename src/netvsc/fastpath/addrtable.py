@@ -16,10 +16,13 @@ from __future__ import annotations
 import ctypes
 
 import numpy as np
-from numba import carray, config, njit, types
+from llvmlite import ir as lir
+from numba import config, njit, types
+from numba.core import ir_utils
 from numba.extending import intrinsic
+from numba.np.arrayobj import populate_array
 
-__all__ = ["ArrayTable", "table_array"]
+__all__ = ["ArrayTable", "register_aliasing_call", "table_array"]
 
 
 if config.DISABLE_JIT:
@@ -34,19 +37,64 @@ if config.DISABLE_JIT:
 else:
 
     @intrinsic
-    def _pointer(typingctx, address, dtype):
+    def _table_view(typingctx, table, slot, dtype):
+        """Pair ``slot`` of ``table`` as an array struct built in place: no call returns it, so
+        it also compiles in kernels without numba's runtime (``_nrt=False``, no refcounting)."""
         element = dtype.dtype if isinstance(dtype, types.DType) else dtype.instance_type
-        signature = types.CPointer(element)(address, dtype)
+        array_type = types.Array(element, 1, "C")
+        signature = array_type(table, slot, dtype)
 
         def codegen(context, builder, sig, args):
-            return builder.inttoptr(args[0], context.get_value_type(types.CPointer(element)))
+            pairs = context.make_array(sig.args[0])(context, builder, args[0])
+            index = builder.mul(
+                context.cast(builder, args[1], sig.args[1], types.intp), lir.Constant(lir.IntType(64), 2)
+            )
+            address = builder.load(builder.gep(pairs.data, [index]))
+            length = builder.load(
+                builder.gep(pairs.data, [builder.add(index, lir.Constant(lir.IntType(64), 1))])
+            )
+            view = context.make_array(array_type)(context, builder)
+            itemsize = context.get_constant(
+                types.intp, context.get_abi_sizeof(context.get_data_type(element))
+            )
+            populate_array(
+                view,
+                data=builder.inttoptr(address, view.data.type),
+                shape=[length],
+                strides=[itemsize],
+                itemsize=itemsize,
+                meminfo=None,
+            )
+            return view._getvalue()
 
         return signature, codegen
 
-    @njit(nogil=True, inline="always")
+    @njit(nogil=True, inline="always", _nrt=False)
     def table_array(table, slot, dtype):
         """Pair ``slot`` of ``table`` as a 1-D array of ``dtype`` (a numpy scalar type)."""
-        return carray(_pointer(table[2 * slot], dtype), table[2 * slot + 1])
+        return _table_view(table, slot, dtype)
+
+
+def _aliases_its_arguments(lhs, args, alias_map, arg_aliases):
+    for arg in args:
+        ir_utils._add_alias(lhs, arg.name, alias_map, arg_aliases)
+
+
+def register_aliasing_call(name: str, module: str) -> None:
+    """Tell numba's dead-code elimination that the array a call returns aliases its arguments.
+
+    numba assumes an array returned by a call it does not know is fresh memory, and after
+    inlining it removes stores into such an array when nothing reads it afterwards. An array
+    from ``table_array`` (or a tuple of them) is shared memory: every store matters. (Without
+    this, writes of a kernel that inlines another function were silently dropped.)
+    """
+    ir_utils.alias_func_extensions[(name, module)] = _aliases_its_arguments
+
+
+# After inlining, table_array is this call: the view aliases the table, so stores through it are
+# never taken for stores to fresh memory.
+register_aliasing_call("_table_view", __name__)
+register_aliasing_call("table_array", __name__)
 
 
 class ArrayTable:

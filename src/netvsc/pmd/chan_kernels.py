@@ -41,12 +41,12 @@ POOL_TABLE_WORDS = 2 * len(PoolArrays._fields)
 _COMPLETION_BYTES = 24  # descriptor + NVSP RNDIS_PACKET_COMPLETE (type, status)
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def get_u16(buf, at):
     return np.int64(buf[at]) | (np.int64(buf[at + 1]) << 8)
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def get_u32(buf, at):
     return (
         np.int64(buf[at])
@@ -56,18 +56,18 @@ def get_u32(buf, at):
     )
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def get_u64(buf, at):
     return get_u32(buf, at) | (get_u32(buf, at + 4) << 32)
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def put_u16(buf, at, value):
     buf[at] = value & 0xFF
     buf[at + 1] = (value >> 8) & 0xFF
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def put_u32(buf, at, value):
     buf[at] = value & 0xFF
     buf[at + 1] = (value >> 8) & 0xFF
@@ -75,20 +75,31 @@ def put_u32(buf, at, value):
     buf[at + 3] = (value >> 24) & 0xFF
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def put_u64(buf, at, value):
     put_u32(buf, at, value & 0xFFFFFFFF)
     put_u32(buf, at + 4, (value >> 32) & 0xFFFFFFFF)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def pool_table(table, slot):
+    """The table of the mempool registered in slot ``slot`` of the port's pool registry.
+
+    Kernels pass this one array between functions and call ``pool_from_table`` where they use
+    the pool: a ``PoolArrays`` tuple passed to a function that is not inlined is copied field by
+    field, which cost more than the work of a whole packet.
+    """
+    registry = table_array(table, T_POOLS, np.int64)
+    return registry[slot * POOL_TABLE_WORDS : (slot + 1) * POOL_TABLE_WORDS]
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def pool_at(table, slot):
     """The mempool registered in slot ``slot`` of the port's pool registry."""
-    registry = table_array(table, T_POOLS, np.int64)
-    return pool_from_table(registry[slot * POOL_TABLE_WORDS : (slot + 1) * POOL_TABLE_WORDS])
+    return pool_from_table(pool_table(table, slot))
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def write_packet(table, packet):
     """Write one pre-built VMBus packet to the guest-to-host ring: 1 written, 0 full, < 0 error."""
     return ring_write_packet(
@@ -99,7 +110,7 @@ def write_packet(table, packet):
     )
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def _write_ack(table, transaction_id):
     packet = table_array(table, T_SCRATCH, np.uint8)[:_COMPLETION_BYTES]
     put_u16(packet, 0, PACKET_TYPE_COMPLETION)
@@ -112,7 +123,7 @@ def _write_ack(table, transaction_id):
     return write_packet(table, packet)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def acknowledge(table, transaction_id):
     """Complete a receive to the host; on a full ring it is queued and retried by ``retry_acks``,
     so every transfer-page packet is completed exactly once (pmd.md 2.3)."""
@@ -128,7 +139,7 @@ def acknowledge(table, transaction_id):
     q[Q_ACK_DEFERRED] += 1
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def retry_acks(table):
     """Send queued receive completions in order while the ring has room."""
     q = table_array(table, T_QSTATE, np.int64)
@@ -144,7 +155,7 @@ def retry_acks(table):
     q[Q_ACK_COUNT] = count - done
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def signal_host(table):
     """Set the channel's monitor bit, or ask the Python side to signal by interrupt page."""
     q = table_array(table, T_QSTATE, np.int64)
@@ -156,14 +167,14 @@ def signal_host(table):
     atomic_or_u32(table_array(table, T_SIGNAL_WORDS, np.uint32), q[Q_SIGNAL_WORD], q[Q_SIGNAL_MASK])
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def flush_tx_signal(table):
     """One signal for everything written since the last call, if the ring rule asks (pmd#77)."""
     if ring_take_signal(table_array(table, T_TX_HEADER, np.uint32), table_array(table, T_TX_STATE, np.int64)):
         signal_host(table)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def commit_rx(table):
     """Publish the read index; signal a host blocked on ring space (pending-send-size rule)."""
     if (
@@ -177,7 +188,7 @@ def commit_rx(table):
         signal_host(table)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def port_lock(table):
     """Spin on the port's lock word (chimney sections are shared by every queue of the port)."""
     sync = table_array(table, T_PORT_SYNC, np.uint32)
@@ -185,6 +196,6 @@ def port_lock(table):
         pass
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def port_unlock(table):
     atomic_store_u32(table_array(table, T_PORT_SYNC, np.uint32), 0, 0)

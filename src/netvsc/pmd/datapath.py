@@ -18,9 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numba import config as numba_config
 
 from netvsc.errors import ConfigError
-from netvsc.ethdev.mempool import Mempool
+from netvsc.ethdev.mempool import SEGMENTS_MAX, Mempool
 from netvsc.fastpath.addrtable import ArrayTable
 from netvsc.pmd import qlayout as L
 from netvsc.pmd.chan_kernels import POOL_TABLE_WORDS, flush_tx_signal, get_u16, get_u32, get_u64
@@ -31,7 +32,7 @@ from netvsc.vmbus.dma import allocate_dma
 from netvsc.vmbus.signal import MonitorSignaller
 from netvsc.wire.vmbus import HV_PAGE_SIZE, PACKET_DESCRIPTOR_SIZE
 
-__all__ = ["DataPathConfig", "PortDataPath", "QueueEngine"]
+__all__ = ["DataPathConfig", "PortDataPath", "QueueEngine", "compile_kernels"]
 
 _CONTROL_ROUNDS = 8  # control items handled per burst call before returning to the caller
 
@@ -51,6 +52,24 @@ class DataPathConfig:
     agg_max_bytes: int
     agg_max_packets: int
     alignment: int
+
+
+_KERNEL_SIGNATURES = (
+    (rx_burst_kernel, "(int64[::1], int32[::1], int64)"),
+    (tx_burst_kernel, "(int64[::1], int64, int32[::1], int64)"),
+    (process_events, "(int64[::1], int64, int64)"),
+    (flush_aggregation, "(int64[::1], int64[::1])"),
+    (flush_tx_signal, "(int64[::1],)"),
+)
+
+
+def compile_kernels() -> None:
+    """Compile (or load from numba's cache) the burst kernels now, not inside the first burst:
+    a first compile takes many seconds, and a burst holds its channel's lock."""
+    if numba_config.DISABLE_JIT:
+        return
+    for kernel, signature in _KERNEL_SIGNATURES:
+        kernel.compile(signature)
 
 
 class PortDataPath:
@@ -207,6 +226,7 @@ class QueueEngine:
         t.set(L.T_GPA_LEN, np.zeros(L.GPA_MAX, dtype=np.int64))
         t.set(L.T_EXT_DONE, np.zeros(L.EXT_DONE_SIZE, dtype=np.int64))
         t.set(L.T_PARSE, np.zeros(L.PARSE_WORDS, dtype=np.int64))
+        t.set(L.T_CHAIN, np.zeros(SEGMENTS_MAX + 1, dtype=np.int32))
         self.rx_counters = path.rx_counters_row(queue_id)
         self.tx_counters = path.tx_counters_row(queue_id)
         t.set(L.T_RX_COUNTERS, self.rx_counters)

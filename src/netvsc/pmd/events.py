@@ -32,7 +32,7 @@ from netvsc.wire.vmbus import PACKET_TYPE_COMPLETION, PACKET_TYPE_XFER_PAGES
 EVENTS_BUDGET = 1024  # VMBus packets per call: bounded work however fast the host writes
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def drain_external(table, q):
     """Receive slots whose last external mbuf was freed since the last call: acknowledge them."""
     if q[L.Q_RX_OWNER] < 0 or q[L.Q_RX_POOL] < 0:
@@ -49,7 +49,7 @@ def drain_external(table, q):
             break
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def process_events(table, tx_limit, budget):
     """Handle up to ``budget`` VMBus packets (``tx_limit`` > 0: stop after that many send
     completions). Returns the number of send completions handled."""
@@ -103,12 +103,12 @@ def process_events(table, tx_limit, budget):
     return completions
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def staged(q):
     return q[L.Q_STAGING_TAIL] - q[L.Q_STAGING_HEAD]
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def rx_burst_kernel(table, out, count):
     """Up to ``count`` received mbufs into ``out``; channel events are processed first when the
     staging ring holds fewer than asked (pmd.md 2.1, 2.6)."""

@@ -32,7 +32,7 @@ from netvsc.ethdev.mempool import Mempool
 from netvsc.pmd import nvs, qlayout, rss
 from netvsc.pmd import stats as pmd_stats
 from netvsc.pmd.control import CONTROL_TIMEOUT_S, ControlChannel, ControlWorker, HostEvent
-from netvsc.pmd.datapath import DataPathConfig, PortDataPath, QueueEngine
+from netvsc.pmd.datapath import DataPathConfig, PortDataPath, QueueEngine, compile_kernels
 from netvsc.pmd.devargs import NetvscDevargs, parse_devargs
 from netvsc.pmd.rndis import RndisControl, allocate_control_memory, offload_parameters_for
 from netvsc.vmbus.channel import Channel
@@ -711,6 +711,7 @@ class NetvscPort:
     # -- data path ----------------------------------------------------------------------------
 
     def _build_datapath(self) -> None:
+        compile_kernels()
         limits = self.rndis_limits
         config = DataPathConfig(
             port_id=self.port_id,

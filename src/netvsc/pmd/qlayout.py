@@ -47,7 +47,8 @@ T_GPA = 31  # uint64: GPA ranges of one send
 T_GPA_LEN = 32  # int64: their lengths
 T_EXT_DONE = 33  # int64: external buffers drained back from the pool
 T_PARSE = 34  # int64: parse_frame output
-T_SLOTS = 35
+T_CHAIN = 35  # int32: buffer indices of a chain being built (kernels allocate nothing)
+T_SLOTS = 36
 
 # -- Q_* state words -----------------------------------------------------------------------------
 Q_QUEUE_ID = 0

@@ -15,11 +15,12 @@ import numpy as np
 from numba import njit
 
 from netvsc.ethdev import mempool as mp
+from netvsc.ethdev.mempool import pool_from_table
 from netvsc.fastpath.addrtable import table_array
 from netvsc.fastpath.atomics import copy_bytes
 from netvsc.fastpath.offload import parse_frame
 from netvsc.pmd import qlayout as L
-from netvsc.pmd.chan_kernels import acknowledge, get_u16, get_u32, pool_at, put_u32
+from netvsc.pmd.chan_kernels import acknowledge, get_u16, get_u32, pool_table, put_u32
 from netvsc.pmd.stats import ERRORS as RX_ERRORS
 from netvsc.pmd.stats import IMISSED, NOMBUF, RING_FULL, count_delivered
 from netvsc.wire import nvsp, rndis
@@ -51,7 +52,7 @@ _HAVE_CSUM, _HAVE_VLAN, _HAVE_HASH, _HAVE_HASH_INFO = 1, 2, 4, 8
 _ALL_PPIS = 15
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def _walk_ppis(buf, start, length, info):
     """Parse the PPI area ``buf[start:start+length]``; False when malformed (pmd#63).
 
@@ -92,7 +93,7 @@ def _walk_ppis(buf, start, length, info):
     return True
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def packet_type_of(buf, start, length, parse):
     """The software packet type of the frame at ``buf[start:start+length]`` (pmd#56)."""
     parse_frame(buf, start, length, parse)
@@ -124,7 +125,7 @@ def packet_type_of(buf, start, length, parse):
     return ptype
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def _checksum_flags(value):
     """pmd#57: IP good, L4 good or bad; an IP failure and absent info stay unknown."""
     flags = np.uint64(0)
@@ -139,7 +140,7 @@ def _checksum_flags(value):
     return flags
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def _tci_of(vlan_ppi):
     priority = vlan_ppi & rndis.VLAN_PPI_PRIORITY_MASK
     dei = (vlan_ppi >> 3) & 1
@@ -147,8 +148,8 @@ def _tci_of(vlan_ppi):
     return (priority << 13) | (dei << 12) | vlan_id
 
 
-@njit(nogil=True, cache=True)
-def _copy_frame(pool, recv, start, length, tci, reinsert):
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def _copy_frame(pool, chain, recv, start, length, tci, reinsert):
     """Copy a frame into new mbufs (a chain when it exceeds one buffer); the head or -1.
 
     With ``reinsert`` the 802.1Q tag ``tci`` is put back after the MAC addresses (pmd#53).
@@ -158,7 +159,6 @@ def _copy_frame(pool, recv, start, length, tci, reinsert):
     needed = (total + room - 1) // room
     if needed > mp.SEGMENTS_MAX:
         return -2
-    chain = np.empty(needed, dtype=np.int32)
     if mp.mp_alloc_bulk(pool, chain, needed) == 0:
         return -1
     data_room = pool.state[mp.ST_DATA_ROOM]
@@ -188,7 +188,7 @@ def _copy_frame(pool, recv, start, length, tci, reinsert):
     return head
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def _mailbox_put(table, q, recv, start, length):
     """Keep an RNDIS control message for the control path; False when the mailbox is full."""
     mailbox = table_array(table, L.T_MAILBOX, np.uint8)
@@ -203,7 +203,7 @@ def _mailbox_put(table, q, recv, start, length):
     return True
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def _stage(table, q, head):
     """Put a received mbuf in the staging ring; False when the ring is full."""
     staging = table_array(table, L.T_STAGING, np.int32)
@@ -215,10 +215,11 @@ def _stage(table, q, head):
     return True
 
 
-@njit(nogil=True, cache=True)
-def _deliver(table, q, pool, recv, start, entry, info, parse):
+@njit(nogil=True, cache=True, _nrt=False)
+def _deliver(table, q, ptab, recv, start, entry, info, parse):
     """One RNDIS data message at ``recv[start:]`` (already bounds-checked against the buffer)
     to an mbuf in the staging ring. ``entry``: the transfer's zero-copy entry, or -1."""
+    pool = pool_from_table(ptab)
     counters = table_array(table, L.T_RX_COUNTERS, np.int64)
     range_length = info[5]
     message_length = get_u32(recv, start + 4)
@@ -267,7 +268,7 @@ def _deliver(table, q, pool, recv, start, entry, info, parse):
         and q[L.Q_EXT_HELD] * 2 < q[L.Q_RECV_SECTIONS]
     )
     if zero_copy:
-        one = np.empty(1, dtype=np.int32)
+        one = table_array(table, L.T_CHAIN, np.int32)
         if mp.mp_alloc_bulk(pool, one, 1) == 1:
             head = one[0]
             mp.mp_attach_external(pool, head, q[L.Q_RX_OWNER], entry, start)
@@ -279,7 +280,8 @@ def _deliver(table, q, pool, recv, start, entry, info, parse):
             if refs[entry] == 2:  # the first external mbuf of this transfer
                 q[L.Q_EXT_HELD] += 1
     else:
-        head = _copy_frame(pool, recv, frame, data_length, tci, reinsert)
+        chain = table_array(table, L.T_CHAIN, np.int32)
+        head = _copy_frame(pool, chain, recv, frame, data_length, tci, reinsert)
         if head == -2:
             counters[RX_ERRORS] += 1
             return
@@ -307,7 +309,7 @@ def _deliver(table, q, pool, recv, start, entry, info, parse):
         mp.mp_free(pool, head)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def _take_entry(table, q, transaction_id):
     """A zero-copy bookkeeping entry for this transfer (the driver's reference), or -1."""
     top = q[L.Q_XFER_FREE_TOP]
@@ -321,7 +323,7 @@ def _take_entry(table, q, transaction_id):
     return entry
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def release_entry(table, q, entry, external):
     """Drop one reference on a transfer; the last one acknowledges it to the host."""
     refs = table_array(table, L.T_XFER_REFS, np.int32)
@@ -338,7 +340,7 @@ def release_entry(table, q, entry, external):
         q[L.Q_XFER_FREE_TOP] += 1
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def on_transfer_pages(table, q, event, length, info, parse):
     """Handle one transfer-page packet ``event[:length]`` (pmd.md 2.3)."""
     hlen = get_u16(event, 2) * 8
@@ -361,7 +363,7 @@ def on_transfer_pages(table, q, event, length, info, parse):
     size = recv.shape[0]
     started = q[L.Q_STARTED] != 0 and q[L.Q_RX_POOL] >= 0
     pool_slot = q[L.Q_RX_POOL] if q[L.Q_RX_POOL] >= 0 else 0
-    pool = pool_at(table, pool_slot)
+    ptab = pool_table(table, pool_slot)
     entry = -1
     if started and q[L.Q_RX_EXTMBUF] != 0 and q[L.Q_RX_OWNER] >= 0:
         entry = _take_entry(table, q, transaction_id)
@@ -381,7 +383,7 @@ def on_transfer_pages(table, q, event, length, info, parse):
                 q[L.Q_STOPPED_DROPS] += 1
                 continue
             info[5] = range_length
-            _deliver(table, q, pool, recv, offset, entry, info, parse)
+            _deliver(table, q, ptab, recv, offset, entry, info, parse)
         else:
             # Completions and indications travel with the data ranges: the control path's.
             if _mailbox_put(table, q, recv, offset, range_length):

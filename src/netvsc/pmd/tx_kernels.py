@@ -20,11 +20,12 @@ import numpy as np
 from numba import njit
 
 from netvsc.ethdev import mempool as mp
+from netvsc.ethdev.mempool import pool_from_table
 from netvsc.fastpath.addrtable import table_array
 from netvsc.fastpath.atomics import copy_bytes
 from netvsc.fastpath.offload import fill_l4_checksum, parse_frame, read_be16
 from netvsc.pmd import qlayout as L
-from netvsc.pmd.chan_kernels import flush_tx_signal, pool_at, put_u16, put_u32, put_u64, write_packet
+from netvsc.pmd.chan_kernels import flush_tx_signal, pool_table, put_u16, put_u32, put_u64, write_packet
 from netvsc.pmd.events import EVENTS_BUDGET, process_events
 from netvsc.pmd.stats import CHANNEL_FULL, ERRORS, RING_FULL, count_accepted
 from netvsc.pmd.tx_resources import chimney_take, descriptor_give, descriptor_take
@@ -53,12 +54,12 @@ _SENT = 1
 _REFUSED = 2  # a bad packet: freed and counted, the burst goes on
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def _align(value, alignment):
     return (value + alignment - 1) & ~(alignment - 1)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def _segment_source(pool, segment):
     """(memory, start) of a segment's data: the pool, or an external owner's memory; start -1
     when the recorded range does not lie inside that memory."""
@@ -78,7 +79,7 @@ def _segment_source(pool, segment):
     return memory, start
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def _copy_out(pool, head, dst, at, limit):
     """Copy the whole packet at ``head`` to ``dst[at:]``; bytes copied, or -1 if malformed."""
     segment = head
@@ -99,7 +100,7 @@ def _copy_out(pool, head, dst, at, limit):
     return copied
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def _chain_valid(pool, head):
     """Every segment in use with its data inside its memory, and the lengths add up."""
     n = pool.refcnt.shape[0]
@@ -118,7 +119,7 @@ def _chain_valid(pool, head):
     return total == pool.pkt_len[head] and total > 0
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def _write_at(pool, head, position, value):
     """Store a big-endian u16 at byte ``position`` of the packet, whichever segments hold it."""
     segment = head
@@ -138,7 +139,7 @@ def _write_at(pool, head, position, value):
         offset += 1
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def _move_inband_tag(table, q, pool, head):
     """pmd#54: an 802.1Q tag in the frame goes to the VLAN PPI; the frame is sent untagged."""
     if pool.ol_flags[head] & np.uint64(mp.TX_VLAN) or pool.data_len[head] < 18:
@@ -157,9 +158,10 @@ def _move_inband_tag(table, q, pool, head):
     q[L.Q_TX_VLAN_MOVED] += 1
 
 
-@njit(nogil=True, cache=True)
-def _soft_udp_checksum(table, q, pool, head, parse):
+@njit(nogil=True, cache=True, _nrt=False)
+def _soft_udp_checksum(table, q, ptab, head, parse):
     """UDP/IPv4 larger than 1420 bytes without DF: checksum computed here. True when done."""
+    pool = pool_from_table(ptab)
     scratch = table_array(table, L.T_SCRATCH, np.uint8)
     length = _copy_out(pool, head, scratch, 0, scratch.shape[0])
     if length < 0:
@@ -183,7 +185,7 @@ def _soft_udp_checksum(table, q, pool, head, parse):
     return True
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def _put_ppi(buf, at, ppi_type, value):
     put_u32(buf, at, _PPI)
     put_u32(buf, at + 4, ppi_type)
@@ -192,7 +194,7 @@ def _put_ppi(buf, at, ppi_type, value):
     return at + _PPI
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def _offload_ppis(pool, head, ppis):
     """ppis = [vlan value or -1, lso value or -1, checksum value or -1]; False for impossible
     lengths (pmd.md 3.5: offset <= 1023, MSS < 2^20, lengths set)."""
@@ -233,7 +235,7 @@ def _offload_ppis(pool, head, ppis):
     return True
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def _write_header(buf, at, frame_length, queue_id, ppis):
     """RNDIS PACKET_MSG header and PPIs at ``buf[at:]`` (pmd.md 3.5); returns its length."""
     position = _put_ppi(buf, at + _HEADER, rndis.PPI_TYPE_HASH_VALUE, queue_id)  # pmd#75
@@ -257,12 +259,12 @@ def _write_header(buf, at, frame_length, queue_id, ppis):
     return header
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def _transaction_id(q, d):
     return L.TID_DATA_TAG | (q[L.Q_QUEUE_ID] << L.TID_QUEUE_SHIFT) | d
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def flush_aggregation(table, q):
     """Send the chimney section being filled (pmd#73). True when nothing is pending any more."""
     d = q[L.Q_AGG_DESC]
@@ -290,10 +292,11 @@ def flush_aggregation(table, q):
     return False
 
 
-@njit(nogil=True, cache=True)
-def _place_in_chimney(table, q, pool, head, d, frame_length, ppis):
+@njit(nogil=True, cache=True, _nrt=False)
+def _place_in_chimney(table, q, ptab, head, d, frame_length, ppis):
     """pmd#71-73: copy the frame into the section being filled (or a new one). Returns _SENT,
     _STOP (a flush failed), or -1 when no section is free (the caller sends by GPA)."""
+    pool = pool_from_table(ptab)
     size = frame_length + PACKET_WORST_CASE
     alignment = q[L.Q_ALIGNMENT]
     full = q[L.Q_AGG_PACKETS_LEFT] <= 0 or _align(size, alignment) > q[L.Q_AGG_BYTES_LEFT]
@@ -343,15 +346,15 @@ def _place_in_chimney(table, q, pool, head, d, frame_length, ppis):
     return _SENT
 
 
-@njit(nogil=True, cache=True)
-def _linearize(pool, head):
+@njit(nogil=True, cache=True, _nrt=False)
+def _linearize(ptab, chain, head):
     """A copy of the packet in as few pool buffers as possible, or -1 (no buffers)."""
+    pool = pool_from_table(ptab)
     total = np.int64(pool.pkt_len[head])
     room = pool.state[mp.ST_DATA_ROOM] - pool.state[mp.ST_HEADROOM]
     needed = (total + room - 1) // room
     if needed < 1 or needed > mp.SEGMENTS_MAX:
         return -1
-    chain = np.empty(needed, dtype=np.int32)
     if mp.mp_alloc_bulk(pool, chain, needed) == 0:
         return -1
     # Gather the source into the new chain segment by segment.
@@ -395,9 +398,10 @@ def _linearize(pool, head):
     return new
 
 
-@njit(nogil=True, cache=True)
-def _send_gpa(table, q, pool, pool_slot, head, d, frame_length, ppis):
+@njit(nogil=True, cache=True, _nrt=False)
+def _send_gpa(table, q, ptab, pool_slot, head, d, frame_length, ppis):
     """pmd#74: the RNDIS header from the descriptor's slot, then the frame's pages."""
+    pool = pool_from_table(ptab)
     if not flush_aggregation(table, q):  # ordering: the pending section goes first
         descriptor_give(table, q, d)
         return _STOP
@@ -407,7 +411,7 @@ def _send_gpa(table, q, pool, pool_slot, head, d, frame_length, ppis):
     sent_head = head
     ranges = mp.mp_gpa_ranges(pool, head, gpas[1:limit], lengths[1:limit])
     if ranges < 0:
-        sent_head = _linearize(pool, head)
+        sent_head = _linearize(ptab, table_array(table, L.T_CHAIN, np.int32), head)
         if sent_head < 0:
             descriptor_give(table, q, d)
             table_array(table, L.T_TX_COUNTERS, np.int64)[RING_FULL] += 1
@@ -469,8 +473,9 @@ def _send_gpa(table, q, pool, pool_slot, head, d, frame_length, ppis):
     return _SENT
 
 
-@njit(nogil=True, cache=True)
-def _send_one(table, q, pool, pool_slot, head, parse, ppis):
+@njit(nogil=True, cache=True, _nrt=False)
+def _send_one(table, q, ptab, pool_slot, head, parse, ppis):
+    pool = pool_from_table(ptab)
     counters = table_array(table, L.T_TX_COUNTERS, np.int64)
     if head < 0 or head >= pool.refcnt.shape[0] or pool.refcnt[head] <= 0:
         counters[ERRORS] += 1
@@ -491,7 +496,7 @@ def _send_one(table, q, pool, pool_slot, head, parse, ppis):
         (flags & np.uint64(mp.TX_L4_MASK)) == np.uint64(mp.TX_UDP_CKSUM)
         and (flags & np.uint64(mp.TX_IPV4)) != 0
         and frame_length > UDP_SOFT_CHECKSUM_ABOVE
-        and _soft_udp_checksum(table, q, pool, head, parse)
+        and _soft_udp_checksum(table, q, ptab, head, parse)
     ):
         pool.ol_flags[head] = flags & ~np.uint64(mp.TX_L4_MASK)
     if not _offload_ppis(pool, head, ppis):
@@ -501,24 +506,24 @@ def _send_one(table, q, pool, pool_slot, head, parse, ppis):
         mp.mp_free(pool, head)
         return _REFUSED
     if frame_length <= q[L.Q_TX_COPYBREAK] and frame_length + PACKET_WORST_CASE <= q[L.Q_AGG_MAX_BYTES]:
-        result = _place_in_chimney(table, q, pool, head, d, frame_length, ppis)
+        result = _place_in_chimney(table, q, ptab, head, d, frame_length, ppis)
         if result == _STOP:
             descriptor_give(table, q, d)
             return _STOP
         if result == _SENT:
             return _SENT
         q[L.Q_TX_CHIMNEY_FALLBACK] += 1
-    return _send_gpa(table, q, pool, pool_slot, head, d, frame_length, ppis)
+    return _send_gpa(table, q, ptab, pool_slot, head, d, frame_length, ppis)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def reap_completions(table, q, wanted):
     """Collect send completions first when descriptors run short (pmd.md 3.2 step 1)."""
     if q[L.Q_QUEUE_ID] == 0 or q[L.Q_TXD_FREE_TOP] < max(q[L.Q_TX_FREE_THRESH], wanted):
         process_events(table, 0, EVENTS_BUDGET)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def tx_burst_kernel(table, pool_slot, indices, count):
     """Send up to ``count`` packets ``indices[:count]`` of the pool in ``pool_slot``; returns how
     many were consumed (sent, or refused as malformed and counted)."""
@@ -528,11 +533,11 @@ def tx_burst_kernel(table, pool_slot, indices, count):
     words = table_array(table, L.T_PARSE, np.int64)
     parse = words[:8]
     ppis = words[8:11]
-    from_pool = pool_at(table, pool_slot)
+    ptab = pool_table(table, pool_slot)
     done = 0
     if flush_aggregation(table, q):
         while done < count:
-            if _send_one(table, q, from_pool, pool_slot, indices[done], parse, ppis) == _STOP:
+            if _send_one(table, q, ptab, pool_slot, indices[done], parse, ppis) == _STOP:
                 break
             done += 1
         flush_aggregation(table, q)

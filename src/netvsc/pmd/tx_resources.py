@@ -19,7 +19,7 @@ from netvsc.pmd.stats import ERRORS, count_completed
 from netvsc.wire import nvsp
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def chimney_take(table):
     """The lowest-effort free section (a stack), or -1 when every section is in flight."""
     port_lock(table)
@@ -34,7 +34,7 @@ def chimney_take(table):
     return section
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def chimney_give(table, section):
     port_lock(table)
     sync = table_array(table, L.T_PORT_SYNC, np.uint32)
@@ -46,7 +46,7 @@ def chimney_give(table, section):
     port_unlock(table)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def descriptor_take(table, q):
     """A free descriptor, reset and marked in flight (packets = 0), or -1."""
     top = q[L.Q_TXD_FREE_TOP]
@@ -62,7 +62,7 @@ def descriptor_take(table, q):
     return d
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def descriptor_give(table, q, d):
     table_array(table, L.T_TXD_PACKETS, np.int32)[d] = -1  # free
     free = table_array(table, L.T_TXD_FREE, np.int32)
@@ -70,7 +70,7 @@ def descriptor_give(table, q, d):
     q[L.Q_TXD_FREE_TOP] += 1
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def release_descriptor(table, q, d):
     """Return what a send held: its chimney section, its mbuf, then the descriptor."""
     section = table_array(table, L.T_TXD_CHIMNEY, np.int32)[d]
@@ -82,7 +82,7 @@ def release_descriptor(table, q, d):
     descriptor_give(table, q, d)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def on_send_completion(table, q, event, length):
     """A completion whose transaction id carries the data tag (pmd#78)."""
     transaction_id = get_u64(event, 8)
