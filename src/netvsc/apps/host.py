@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -386,3 +387,56 @@ def status(ctx: click.Context) -> None:
 def shutdown(ctx: click.Context) -> None:
     """Stop the host; it removes its tree as on SIGTERM."""
     click.echo(json.dumps(_call(ctx, "shutdown")))
+
+
+@host.command()
+@click.option(
+    "--root",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Root directory of the running host.",
+)
+@click.option("--debug", is_flag=True, help="Also set UIOSHIM_DEBUG=1 (one stderr line per redirected call).")
+@click.option(
+    "--export", "as_export", is_flag=True, help="Print `export NAME=VALUE` lines for a shell to eval."
+)
+@click.option(
+    "--device",
+    "devices",
+    multiple=True,
+    help="Instance GUID of a device the program may use (repeatable; default: all of them). "
+    "The others look unbound from uio_hv_generic (DPDK 22.11 ignores -a and takes every one).",
+)
+@click.option(
+    "--testpmd-queue-state",
+    is_flag=True,
+    help="Also preload the DPDK 22.11 testpmd companion (netvsc queues reported as started; "
+    "without it 22.11's testpmd forwards nothing on netvsc ports). Needs dpdk-dev.",
+)
+def preload(
+    root: Path, debug: bool, as_export: bool, devices: tuple[str, ...], testpmd_queue_state: bool
+) -> None:
+    """Print the environment that runs an unmodified program (dpdk-testpmd, or this package with
+    NETVSC_SYSFS_ROOT unset) against the host at --root, through the uio preload library.
+
+    \b
+    Example:
+      env $(netvsc host preload --root /tmp/hv) dpdk-testpmd --no-huge --iova-mode=va -- -i
+    The library (compiled on first use into ~/.cache/netvsc) maps /sys/bus/vmbus and /dev/uioN
+    onto the root; see src/netvsc/preload/uioshim.c.
+    """
+    from netvsc.preload import build_testpmd_queue_state_library, preload_environment
+
+    try:
+        companions = [build_testpmd_queue_state_library()] if testpmd_queue_state else []
+        environment = preload_environment(
+            root, also_preload=companions, devices=list(devices) or None, debug=debug
+        )
+    except (NetvscError, ValueError, OSError) as exc:
+        _fail(exc)
+        return
+    if as_export:
+        for name, value in environment.items():
+            click.echo(f"export {name}={shlex.quote(value)}")
+    else:
+        click.echo(" ".join(f"{name}={shlex.quote(value)}" for name, value in environment.items()))

@@ -2,8 +2,11 @@
 
 Layer 7 (host). Guests publish file-backed regions under ``ROOT/guest-mem/`` (naming contract in
 ``netvsc.vmbus.guestmem``). ``GuestMemory.read(gpa, length)`` maps regions on demand, rescanning
-the directory when an address is not covered, and refuses (``ProtocolError``) any range that is
-not wholly inside one region: a guest naming memory it never shared is a misbehaving peer.
+the directory when an address is not covered. A range in no region is read in the memory of the
+guest process that holds the device open (``host.procmem``: drivers whose DMA address is their
+virtual address, such as DPDK with ``--iova-mode=va``); the server keeps ``processes.pids``
+current. A range that is in neither is refused (``ProtocolError``, counted in ``refused``): a
+guest naming memory it does not have is a misbehaving peer.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from netvsc.errors import ProtocolError
-from netvsc.vmbus.guestmem import parse_region_name
+from netvsc.host.procmem import ProcessMemory
+from netvsc.vmbus.guestmem import owner_pid_bits, parse_region_name, region_owner_pid
 from netvsc.wire.vmbus import HV_PAGE_SHIFT, HV_PAGE_SIZE
 
 __all__ = ["GuestMemory"]
@@ -41,6 +45,8 @@ class GuestMemory:
         ] = {}  # base -> (size, map, array, name)
         self.rescans = 0
         self.refused = 0
+        # GPAs in no region: the guest process's own memory (empty pid list: none readable).
+        self.processes = ProcessMemory()
 
     def _rescan(self) -> None:
         self.rescans += 1
@@ -92,12 +98,13 @@ class GuestMemory:
             return None
         return array, gpa - base
 
-    def view(self, gpa: int, length: int) -> np.ndarray:
-        """A view (no copy) of ``length`` bytes at ``gpa``; ProtocolError if not backed."""
+    def _check_range(self, gpa: int, length: int) -> tuple[int, int]:
         if isinstance(gpa, bool) or not isinstance(gpa, int | np.integer) or gpa < 0 or length <= 0:
             self.refused += 1
             raise ProtocolError(f"guest memory: bad range gpa={gpa!r} length={length!r}")
-        gpa, length = int(gpa), int(length)
+        return int(gpa), int(length)
+
+    def _region_view(self, gpa: int, length: int) -> np.ndarray | None:
         found = self._find(gpa, length)
         for _ in range(_MAX_RESCANS_PER_READ):
             if found is not None:
@@ -105,23 +112,92 @@ class GuestMemory:
             self._rescan()
             found = self._find(gpa, length)
         if found is None:
-            self.refused += 1
+            return None
+        array, offset = found
+        return array[offset : offset + length]
+
+    def _refuse(self, gpa: int, length: int) -> ProtocolError:
+        self.refused += 1
+        return ProtocolError(
+            f"guest memory: {length} bytes at GPA {gpa:#x} are neither inside one region under "
+            f"{self.directory} nor mapped in a guest process {list(self.processes.pids)}"
+        )
+
+    def view(self, gpa: int, length: int) -> np.ndarray:
+        """A view (no copy) of ``length`` bytes at ``gpa`` in a region; ProtocolError if not one.
+
+        Not being in a region is no refusal (the bytes may be in the guest process, which
+        ``read`` tries next), so only ``read``, ``read_pages`` and ``write`` count ``refused``.
+        """
+        gpa, length = self._check_range(gpa, length)
+        found = self._region_view(gpa, length)
+        if found is None:
             raise ProtocolError(
                 f"guest memory: {length} bytes at GPA {gpa:#x} are not inside one region "
                 f"under {self.directory}"
             )
-        array, offset = found
-        return array[offset : offset + length]
+        return found
+
+    def _process_first(self, gpa: int) -> bool:
+        """Whether a GPA is read in the guest process before any region rescan: it is in no
+        mapped region, and its pid bits name no guest holding the device open (region GPAs
+        carry their creator's pid), so it is a virtual address. A rescan lists a directory;
+        doing one per page of a DPDK send would cost more than the copy itself."""
+        pids = self.processes.pids
+        if not pids or self._find(gpa, 1) is not None:
+            return False
+        return region_owner_pid(gpa) not in {owner_pid_bits(pid) for pid in pids}
+
+    def _other_memory(self, gpa: int, length: int) -> np.ndarray:
+        """Bytes outside the mapped regions: the guest process, or a region created since."""
+        process_tried = self._process_first(gpa)
+        if process_tried:
+            copied = self.processes.read(gpa, length)
+            if copied is not None:
+                return copied
+        found = self._region_view(gpa, length)
+        if found is not None:
+            return found.copy()
+        if not process_tried:
+            copied = self.processes.read(gpa, length)
+            if copied is not None:
+                return copied
+        raise self._refuse(gpa, length)
+
+    def _bytes(self, gpa: int, length: int) -> np.ndarray:
+        """Region view (the common case, no copy) or a copy from the guest process."""
+        gpa, length = self._check_range(gpa, length)
+        found = self._find(gpa, length)
+        if found is not None:
+            array, offset = found
+            return array[offset : offset + length]
+        return self._other_memory(gpa, length)
 
     def read(self, gpa: int, length: int) -> np.ndarray:
         """A copy of ``length`` bytes at guest physical address ``gpa``; ProtocolError if not backed."""
-        return self.view(gpa, length).copy()
+        gpa, length = self._check_range(gpa, length)
+        found = self._find(gpa, length)
+        if found is not None:
+            array, offset = found
+            return array[offset : offset + length].copy()
+        return self._other_memory(gpa, length)
+
+    def write(self, gpa: int, data: np.ndarray | bytes) -> None:
+        """Store ``data`` at ``gpa`` (a region, else the guest process); ProtocolError if not backed."""
+        source = np.frombuffer(data, dtype=np.uint8) if isinstance(data, bytes) else data.reshape(-1)
+        gpa, length = self._check_range(gpa, int(source.nbytes))
+        found = self._region_view(gpa, length)
+        if found is not None:
+            found[:] = source
+        elif not self.processes.write(gpa, source):
+            raise self._refuse(gpa, length)
 
     def read_pages(self, byte_offset: int, byte_count: int, page_numbers: Sequence[int]) -> np.ndarray:
         """The bytes of one GPA range (``byte_offset`` into the first of ``page_numbers``), page by page.
 
-        Pages need not be contiguous; each is checked on its own. ProtocolError when the page
-        list is too short for the range or a page is not backed.
+        Pages need not be contiguous; each is checked on its own (a region, else the guest
+        process). ProtocolError when the page list is too short for the range or a page is not
+        backed.
         """
         if not 0 <= byte_offset < HV_PAGE_SIZE or byte_count <= 0:
             self.refused += 1
@@ -138,7 +214,7 @@ class GuestMemory:
         page_offset = byte_offset
         for page in page_numbers[:needed_pages]:
             chunk = min(HV_PAGE_SIZE - page_offset, byte_count - done)
-            out[done : done + chunk] = self.view((int(page) << HV_PAGE_SHIFT) + page_offset, chunk)
+            out[done : done + chunk] = self._bytes((int(page) << HV_PAGE_SHIFT) + page_offset, chunk)
             done += chunk
             page_offset = 0
         return out

@@ -17,7 +17,8 @@ way (host#63: a guest that never signals sees no TX processed):
 - channel open and close follow the ``open`` socket contract of ``netvsc.vmbus.uio``: the first
   connection opens the channel (ring headers re-initialised, the NetVSP's primary ``Channel``
   rebuilt over them), the last disconnect closes it (``NetVsp.channel_closed()``: back to
-  VERSION; subchannels rescinded; host#66).
+  VERSION; subchannels rescinded; host#66). The peer process of each connection (SO_PEERCRED)
+  is the guest whose own memory backs GPAs outside the shared regions (``host.procmem``).
 
 Backends with a descriptor are waited on with ``selectors``; the others are polled once per
 loop. ``tick(now)`` runs every loop. SIGINT and SIGTERM stop the loop; ``close`` removes the
@@ -74,6 +75,7 @@ log = logging.getLogger(__name__)
 DEFAULT_LATENCY_S = 100e-6  # Hyper-V's monitor latency when the guest stored 0 (spec/host.md 1.1)
 LATENCY_UNIT_S = 100e-9
 _IRQ_VALUE = struct.Struct("<i")
+_PEER_CREDENTIALS = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _GUEST_IRQ_NAME = re.compile(r"irq-guest-\d+-\d+")
 _MONITOR_GROUP_WORDS = np.array(
     [(MONITOR_PENDING_OFFSET + MONITOR_GROUP_STRIDE * g) // 4 for g in range(MONITOR_GROUP_COUNT)],
@@ -101,6 +103,16 @@ def take_pending_words(words, indices, out):  # pragma: no cover - body runs com
         out[i] = value
         seen |= value
     return seen
+
+
+def _peer_pid(sock: socket.socket) -> int:
+    """The process id at the other end of a Unix socket connection, 0 if the kernel will not say."""
+    try:
+        return _PEER_CREDENTIALS.unpack(
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEER_CREDENTIALS.size)
+        )[0]
+    except OSError:
+        return 0
 
 
 def default_mac(index: int) -> bytes:
@@ -146,6 +158,7 @@ class _Nic:
         self.netvsp_used = False  # the current NetVsp has served an open already
         self.rescinded = False  # removed by ctl rescind --device: no longer served
         self.open_connections: dict[int, socket.socket] = {}
+        self.open_pids: dict[int, int] = {}  # connection fd -> guest process id (0: unknown)
         self.irq_peers: set[str] = set()
         self.interrupt_count = 0
         self.dir_fd = os.open(device.dev_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -178,10 +191,15 @@ class _Nic:
     def is_open(self) -> bool:
         return bool(self.open_connections)
 
+    def publish_guest_pids(self) -> None:
+        """Guest processes whose memory backs GPAs outside shared regions, newest open first."""
+        self.device.guest_memory.processes.set_pids(list(reversed(self.open_pids.values())))
+
     def close_sockets(self) -> None:
         for sock in self.open_connections.values():
             sock.close()
         self.open_connections.clear()
+        self.open_pids.clear()
         self.open_listener.close()
         self.irq_socket.close()
         if self.dir_fd >= 0:  # idempotent: a rescinded NIC is closed again at shutdown
@@ -295,6 +313,8 @@ class HostServer:
             sock.setblocking(False)
             first = not nic.open_connections
             nic.open_connections[sock.fileno()] = sock
+            nic.open_pids[sock.fileno()] = _peer_pid(sock)
+            nic.publish_guest_pids()
             self.selector.register(sock.fileno(), selectors.EVENT_READ, ("open-conn", nic))
             if first:
                 self._channel_open(nic)
@@ -317,6 +337,8 @@ class HostServer:
         self.selector.unregister(fd)
         sock.close()
         del nic.open_connections[fd]
+        nic.open_pids.pop(fd, None)
+        nic.publish_guest_pids()
         if not nic.open_connections:
             self._channel_close(nic)
 
@@ -558,14 +580,19 @@ class HostServer:
             netvsp = dict(nic.netvsp.counters())
         except Exception as exc:
             netvsp = {"error": str(exc)}
+        session = getattr(nic.netvsp, "session", None)  # the primary's NVSP session (a stand-in has none)
         return {
             "index": nic.device.index,
             "host": dict(nic.counters),
+            "nvsp": {"version": int(getattr(session, "version", 0) or 0)},
             "netvsp": netvsp,
             "backend": dict(nic.backend.counters()),
             "guest_memory": {
                 "rescans": nic.device.guest_memory.rescans,
                 "refused": nic.device.guest_memory.refused,
+                "process_reads": nic.device.guest_memory.processes.reads,
+                "process_writes": nic.device.guest_memory.processes.writes,
+                "process_faults": nic.device.guest_memory.processes.faults,
             },
         }
 

@@ -36,7 +36,9 @@ __all__ = [
     "REGION_NAME",
     "REGION_SIZE_MAX",
     "GuestMemoryRegion",
+    "owner_pid_bits",
     "region_file_name",
+    "region_owner_pid",
 ]
 
 GUEST_MEMORY_DIR = "guest-mem"
@@ -113,6 +115,16 @@ class GuestMemoryRegion:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def region_owner_pid(gpa: int) -> int:
+    """The pid bits of a GPA: the (masked) pid of the process whose region it would be in."""
+    return (int(gpa) >> _PID_SHIFT) & _PID_MASK
+
+
+def owner_pid_bits(pid: int) -> int:
+    """What ``region_owner_pid`` gives for GPAs of the regions process ``pid`` creates."""
+    return int(pid) & _PID_MASK
 
 
 def parse_region_name(name: str) -> tuple[int, int] | None:
