@@ -47,7 +47,7 @@ def test_frames_cross_byte_identical_between_our_pmd_and_dpdk(rig):
     testpmd.command("start")
     dpdk_mac = bytes.fromhex(rig.mac(host, 1).replace(":", ""))
     port = NetvscPort.open(rig.guid(host, 0), root=host.root)
-    pool = Mempool(1024)
+    pool = Mempool(1024, root=host.root)
     try:
         port.configure(1, 1)
         port.rx_queue_setup(0, 256, mempool=pool)
