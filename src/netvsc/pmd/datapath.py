@@ -25,7 +25,7 @@ from netvsc.ethdev.mempool import SEGMENTS_MAX, Mempool
 from netvsc.fastpath.addrtable import ArrayTable
 from netvsc.pmd import qlayout as L
 from netvsc.pmd.chan_kernels import POOL_TABLE_WORDS, flush_tx_signal, get_u16, get_u32, get_u64
-from netvsc.pmd.events import EVENTS_BUDGET, process_events, rx_burst_kernel
+from netvsc.pmd.events import EVENTS_BUDGET, drain_external, process_events, rx_burst_kernel
 from netvsc.pmd.tx_kernels import flush_aggregation, tx_burst_kernel
 from netvsc.vmbus.channel import Channel
 from netvsc.vmbus.dma import allocate_dma
@@ -97,6 +97,11 @@ class PortDataPath:
                 return slot
         if not isinstance(pool, Mempool):
             raise ConfigError("mempool", type(pool).__name__, "a netvsc.ethdev.mempool.Mempool")
+        if self.root is not None and pool.region.kind != "emulated":
+            # Its GPAs would be physical addresses the emulated host cannot read.
+            raise ConfigError(
+                "mempool", pool.name, f"a Mempool created with root={self.root} (emulated guest memory)"
+            )
         if len(self._pools) >= L.POOLS_MAX:
             raise ConfigError("mempools", len(self._pools) + 1, f"at most {L.POOLS_MAX} per port")
         slot = len(self._pools)
@@ -358,6 +363,10 @@ class QueueEngine:
                 if self.rx_pool is not None:
                     self.rx_pool.free(head)
                     freed += 1
+            # Freed external mbufs are parked until their receive slots are acknowledged, which
+            # only event processing does: do it now, or a stopped port keeps them (and the
+            # host's slots) until it is started again and the mempool is never whole.
+            drain_external(self.table.table, self.q)
             return freed
 
     def close(self) -> None:

@@ -576,6 +576,10 @@ class NetvscPort:
             nb_desc = nb_desc or RX_DESC_DEFAULT
             if mempool is not None and not isinstance(mempool, Mempool):
                 raise ConfigError("mempool", type(mempool).__name__, "a netvsc.ethdev.mempool.Mempool")
+            if mempool is not None and self.root is not None and mempool.region.kind != "emulated":
+                raise ConfigError(
+                    "mempool", mempool.name, f"a Mempool created with root={self.root} (emulated memory)"
+                )
             if mempool is not None:
                 share = mempool.available() // self._config.nb_rx_queues
                 nb_desc = min(nb_desc, max(share, 1))
