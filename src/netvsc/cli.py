@@ -11,6 +11,7 @@ from netvsc.apps.bench import bench
 from netvsc.apps.devbind import devbind
 from netvsc.apps.host import host
 from netvsc.apps.info import info
+from netvsc.apps.testpmd import testpmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -26,6 +27,7 @@ cli.add_command(devbind)
 cli.add_command(bench)
 cli.add_command(host)
 cli.add_command(info)
+cli.add_command(testpmd)
 
 
 def main() -> None:

@@ -1,10 +1,13 @@
-"""``netvsc bench``: throughput measurements of the driver's building blocks (JSON out).
+"""``netvsc bench``: throughput measurements of the driver and its building blocks (JSON out).
 
-Layer 8 (apps). ``bench ring`` moves small in-band packets between two processes through one
-shared VMBus ring (batched writes and reads, the signalling and pending-send rules of
-spec/vmbus.md 3.7 and 3.9 active, a busy-polling reader) and, as a baseline, the same payloads
-through a ``multiprocessing`` pipe. Numbers from a shared 2-core machine are noisy: compare runs
-on one machine, never assert them in tests.
+Layer 8 (apps). ``netvsc bench`` (no sub-command) measures the data path: the driver's RX and
+TX cost per packet, txonly -> rxonly through the emulated host, a raw AF_PACKET socket on a veth
+pair as the baseline, the ratios, and with ``--peer dpdk`` DPDK testpmd's rate beside ours (the
+measurements are in ``apps.bench_datapath``). ``bench ring`` moves small in-band packets
+between two processes through one shared VMBus ring (batched writes and reads, the signalling
+and pending-send rules of spec/vmbus.md 3.7 and 3.9 active, a busy-polling reader) and, as a
+baseline, the same payloads through a ``multiprocessing`` pipe. Numbers from a shared 2-core
+machine are noisy: compare runs on one machine, never assert them in tests.
 """
 
 from __future__ import annotations
@@ -172,9 +175,198 @@ def _measure_pipe(seconds: float, payload: int) -> dict:
     return {"packets": packets, "seconds": round(elapsed, 3), "pps": round(packets / elapsed)}
 
 
-@click.group()
-def bench() -> None:
-    """Throughput measurements (JSON with --json)."""
+PARTS = ("driver", "e2e", "afpacket")
+
+# Issue 5's targets, reported beside the figures (never asserted anywhere).
+TARGETS = {
+    "driver_rx_ns_per_packet_max": 100,
+    "driver_tx_ns_per_packet_max": 150,
+    "vs_afpacket_min": 6,
+    "e2e_mpps_64_min": 2.0,
+    "e2e_gbps_1500_min": 10.0,
+}
+
+
+def _parse_parts(text: str, peer: str | None) -> list[str]:
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    for part in parts:
+        if part not in (*PARTS, "peer"):
+            raise click.BadParameter(f"{part}: accepted {', '.join(PARTS)}, peer", param_hint="--parts")
+    if peer and "peer" not in parts:
+        parts.append("peer")
+    if "peer" in parts and not peer:
+        raise click.BadParameter("the peer part needs --peer dpdk", param_hint="--parts")
+    return parts
+
+
+def _targets(result: dict) -> dict:
+    """Which of issue 5's targets this run's figures meet (None: not measured)."""
+    driver = result.get("driver", {})
+    ratios = result.get("ratios", {})
+    e2e = result.get("e2e", {})
+
+    def worst(direction: str) -> float | None:
+        values = [r["ns_per_packet"] for r in driver.get(direction, {}).values() if "ns_per_packet" in r]
+        return max(values) if values else None
+
+    rx, tx = worst("rx"), worst("tx")
+    ratio_values = [v for k, v in ratios.items() if k.endswith("_vs_afpacket")]
+    return {
+        **TARGETS,
+        "driver_rx_met": None if rx is None else rx <= TARGETS["driver_rx_ns_per_packet_max"],
+        "driver_tx_met": None if tx is None else tx <= TARGETS["driver_tx_ns_per_packet_max"],
+        "vs_afpacket_met": min(ratio_values) >= TARGETS["vs_afpacket_min"] if ratio_values else None,
+        "e2e_mpps_64_met": e2e["64"]["mpps"] >= TARGETS["e2e_mpps_64_min"] if "64" in e2e else None,
+        "e2e_gbps_1500_met": e2e["1500"]["gbps"] >= TARGETS["e2e_gbps_1500_min"] if "1500" in e2e else None,
+    }
+
+
+def run_datapath(
+    parts: list[str], runs: int, seconds: float, afpacket_packets: int, peer_seconds: float
+) -> dict:
+    """Every part asked for, in one JSON-able result (see ``apps.bench_datapath``)."""
+    from netvsc.apps import bench_datapath as measure
+
+    result: dict = {"bench": "datapath", "burst": 32, "frame_size": 64, "parts": parts}
+    started = time.monotonic()
+    if "driver" in parts:
+        result["driver"] = {
+            "rx": measure.driver_rx(runs=max(runs * 4, 5)),
+            "tx": measure.driver_tx(runs=runs, seconds=seconds / 2),
+        }
+    if "e2e" in parts:
+        result["e2e"] = measure.e2e((64, 1500), runs=runs, seconds=seconds)
+    if "afpacket" in parts:
+        result["afpacket"] = measure.afpacket(afpacket_packets, runs=runs)
+    if "driver" in parts and "afpacket" in parts:
+        result["ratios"] = measure.ratios(result["driver"], result["afpacket"])
+    if "peer" in parts:
+        result["peer"] = measure.dpdk_peer(peer_seconds, runs=runs)
+    result["targets"] = _targets(result)
+    result["seconds_total"] = round(time.monotonic() - started, 1)
+    return result
+
+
+def _print_datapath(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if "driver" in result:
+        table = Table(
+            title="driver cost, guest CPU ns/packet (64-byte frames, burst 32)", title_justify="left"
+        )
+        for heading in ("direction", "mode", "ns/packet", "wall ns/packet", "packets/run", "runs"):
+            table.add_column(heading, justify="right")
+        for direction, modes in result["driver"].items():
+            for mode, figures in modes.items():
+                table.add_row(
+                    direction,
+                    mode,
+                    f"{figures['ns_per_packet']:,}",
+                    f"{figures['ns_per_packet_wall']:,}",
+                    f"{figures['packets_per_run']:,}",
+                    str(figures["runs"]),
+                )
+        console.print(table)
+    if "e2e" in result:
+        for figures in result["e2e"].values():
+            if isinstance(figures, dict):
+                console.print(
+                    f"end to end, txonly -> vswitch -> rxonly, {figures['frame_size']}-byte frames: "
+                    f"{figures['mpps']} Mpps, {figures['gbps']} Gbit/s",
+                    highlight=False,
+                )
+    if "afpacket" in result:
+        baseline = result["afpacket"]
+        if "skipped" in baseline:
+            console.print(f"AF_PACKET baseline skipped: {baseline['skipped']}", highlight=False)
+        else:
+            console.print(
+                f"AF_PACKET on a veth pair: send {baseline['send_ns_per_packet']:,} ns/packet, "
+                f"recv {baseline['recv_ns_per_packet']:,} ns/packet (CPU)",
+                highlight=False,
+            )
+    for name, value in result.get("ratios", {}).items():
+        console.print(f"{name}: {value}x", highlight=False)
+    if "peer" in result:
+        peer = result["peer"]
+        if "skipped" in peer:
+            console.print(f"DPDK peer skipped: {peer['skipped']}", highlight=False)
+        else:
+            console.print(
+                f"DPDK testpmd {peer['dpdk_mpps']} Mpps, ours {peer['ours_mpps']} Mpps "
+                f"({peer['shape']}): ours / DPDK = {peer['ratio']}",
+                highlight=False,
+            )
+    met = {k: v for k, v in result["targets"].items() if k.endswith("_met") and v is not None}
+    console.print(
+        "issue 5 targets met: " + ", ".join(f"{k[:-4]} {'yes' if v else 'no'}" for k, v in met.items())
+    )
+
+
+@click.group(invoke_without_command=True)
+@click.option(
+    "--parts",
+    default=",".join(PARTS),
+    show_default=True,
+    help="What to measure: driver (RX/TX ns/packet, copy and ext modes), e2e (txonly -> rxonly "
+    "through the emulated host), afpacket (the raw-socket baseline; needs root).",
+)
+@click.option("--peer", type=click.Choice(["dpdk"]), default=None, help="Also measure DPDK testpmd's rate.")
+@click.option(
+    "--runs", type=click.IntRange(1, 1000), default=3, show_default=True, help="Repetitions (medians)."
+)
+@click.option(
+    "--seconds",
+    type=click.FloatRange(0.1, 600),
+    default=1.0,
+    show_default=True,
+    help="Measurement window of each end-to-end run (the TX runs take half of it).",
+)
+@click.option(
+    "--afpacket-packets",
+    type=click.IntRange(1000, 10_000_000),
+    default=100_000,
+    show_default=True,
+    help="Frames per AF_PACKET run.",
+)
+@click.option(
+    "--peer-seconds",
+    type=click.FloatRange(0.5, 600),
+    default=3.0,
+    show_default=True,
+    help="Measurement time of each side of the DPDK comparison.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def bench(
+    ctx: click.Context,
+    parts: str,
+    peer: str | None,
+    runs: int,
+    seconds: float,
+    afpacket_packets: int,
+    peer_seconds: float,
+    as_json: bool,
+) -> None:
+    """Measurements, JSON with --json. Without a sub-command: the data path (driver RX/TX cost,
+    end to end through the emulated host, the AF_PACKET baseline, ratios; DPDK with --peer dpdk).
+
+    Each part starts its own emulated host and removes it; about 40 s with the defaults.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from netvsc.errors import NetvscError
+
+    try:
+        result = run_datapath(_parse_parts(parts, peer), runs, seconds, afpacket_packets, peer_seconds)
+    except NetvscError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        _print_datapath(result)
 
 
 @bench.command("ring")
