@@ -28,6 +28,8 @@ __all__ = [
     "compiler_barrier",
     "copy_bytes",
     "full_fence",
+    "load_u64_le",
+    "prefetch_write",
 ]
 
 
@@ -204,6 +206,37 @@ def _copy_bytes(typingctx, dst, dst_start, src, src_start, nbytes):
     return types.void(dst, dst_start, src, src_start, nbytes), codegen
 
 
+@intrinsic
+def _load_u64_le(typingctx, arr, index):
+    if not (isinstance(arr, types.Array) and arr.dtype == types.uint8 and arr.ndim == 1):
+        raise TypeError("load_u64_le needs a 1-D uint8 array")
+
+    def codegen(context, builder, signature, args):
+        ptr = _element_pointer(context, builder, signature.args[0], args[0], args[1])
+        word = builder.bitcast(ptr, cgutils.ir.IntType(64).as_pointer())
+        return builder.load(word, align=1)  # unaligned: any byte offset
+
+    return types.uint64(arr, index), codegen
+
+
+@intrinsic
+def _prefetch_write(typingctx, arr, index):
+    if not (isinstance(arr, types.Array) and arr.ndim == 1):
+        raise TypeError("prefetch_write needs a 1-D array")
+
+    def codegen(context, builder, signature, args):
+        ptr = _element_pointer(context, builder, signature.args[0], args[0], args[1])
+        byte_pointer = builder.bitcast(ptr, cgutils.ir.IntType(8).as_pointer())
+        i32 = cgutils.ir.IntType(32)
+        function_type = cgutils.ir.FunctionType(cgutils.ir.VoidType(), [byte_pointer.type, i32, i32, i32])
+        prefetch = cgutils.get_or_insert_function(builder.module, function_type, "llvm.prefetch.p0")
+        # rw = 1 (for a write), locality = 3 (keep in every cache level), data cache
+        builder.call(prefetch, [byte_pointer, i32(1), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return types.void(arr, index), codegen
+
+
 if config.DISABLE_JIT:
     # The interpreter has no atomics of its own, and this mode runs against a real peer in
     # another process (the emulated host): a non-atomic read-modify-write of a monitor word
@@ -242,6 +275,15 @@ if config.DISABLE_JIT:
         """``dst[dst_start:dst_start+nbytes] = src[src_start:src_start+nbytes]`` (no overlap)."""
         dst[dst_start : dst_start + nbytes] = src[src_start : src_start + nbytes]
 
+    def prefetch_write(arr: np.ndarray, index: int) -> None:
+        """A hint that ``arr[index]`` will be written soon (nothing to do when interpreted)."""
+
+    def load_u64_le(arr: np.ndarray, index: int) -> np.uint64:
+        """The little-endian 64-bit word at ``arr[index:index+8]`` (any alignment)."""
+        if index < 0 or index + 8 > arr.shape[0]:
+            raise IndexError("load_u64_le: word outside the array")
+        return np.uint64(int.from_bytes(arr[index : index + 8].tobytes(), "little"))
+
 elif config.BOUNDSCHECK:
     # A checked slice copy, so that a bad range raises IndexError in bounds-checked test runs
     # instead of being copied blindly by memcpy.
@@ -258,6 +300,20 @@ elif config.BOUNDSCHECK:
         ):
             raise IndexError("copy_bytes: range outside an array")
         dst[dst_start : dst_start + nbytes] = src[src_start : src_start + nbytes]
+
+    @register_jitable(inline="always")
+    def prefetch_write(arr, index):
+        """A hint that ``arr[index]`` will be written soon; an index outside ``arr`` is ignored
+        (a prefetch never faults, but the address must still be computed from a valid one)."""
+        if 0 <= index < arr.shape[0]:
+            _prefetch_write(arr, index)
+
+    @register_jitable(inline="always")
+    def load_u64_le(arr, index):
+        """The little-endian 64-bit word at ``arr[index:index+8]`` (any alignment), checked."""
+        if index < 0 or index + 8 > arr.shape[0]:
+            raise IndexError("load_u64_le: word outside the array")
+        return _load_u64_le(arr, index)
 
 
 if not config.DISABLE_JIT:
@@ -304,3 +360,16 @@ if not config.DISABLE_JIT:
             """``dst[dst_start:dst_start+nbytes] = src[src_start:src_start+nbytes]`` as one memcpy
             (numba copies slices byte by byte). The caller has checked both ranges."""
             _copy_bytes(dst, dst_start, src, src_start, nbytes)
+
+        @register_jitable(inline="always")
+        def load_u64_le(arr, index):
+            """The little-endian 64-bit word at ``arr[index:index+8]`` (any alignment) as one
+            load. The caller has checked the range."""
+            return _load_u64_le(arr, index)
+
+        @register_jitable(inline="always")
+        def prefetch_write(arr, index):
+            """A hint that ``arr[index]`` will be written soon; an index outside ``arr`` is
+            ignored."""
+            if 0 <= index < arr.shape[0]:
+                _prefetch_write(arr, index)

@@ -6,8 +6,8 @@ scratch, never trusting a seed), and by the driver for the software fallback
 (UDP over IPv4 larger than 1420 bytes without DF, which Azure drops when
 offloaded).
 
-Sums are kept as unfolded 64-bit accumulators so partial sums over several
-ranges (pseudo header, header, payload) can be added before one final fold.
+Partial sums over several ranges (pseudo header, header, payload) are added as
+64-bit integers before one final fold.
 """
 
 from __future__ import annotations
@@ -15,23 +15,34 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from netvsc.fastpath.atomics import load_u64_le
+
 
 @njit(nogil=True, cache=True)
 def ones_complement_sum(data, offset, length):
-    """Unfolded sum of the 16-bit big-endian words of ``data[offset:offset+length]``.
+    """One's complement sum of the 16-bit big-endian words of ``data[offset:offset+length]``,
+    folded to 16 bits (0 only for all-zero data), to add to other sums before ``fold_checksum``.
 
-    An odd trailing byte is padded with zero, as RFC 1071 says. The caller
-    guarantees the range lies inside ``data``.
+    An odd trailing byte is padded with zero, as RFC 1071 says. The words are summed eight
+    bytes at a time in the machine's little-endian order and the folded sum is byte-swapped at
+    the end (RFC 1071 2(B): the sum does not depend on byte order). The caller guarantees the
+    range lies inside ``data``.
     """
     total = np.uint64(0)
     end = offset + length
     i = offset
+    while i + 8 <= end:
+        word = load_u64_le(data, i)
+        total += (word & np.uint64(0xFFFFFFFF)) + (word >> np.uint64(32))
+        i += 8
     while i + 1 < end:
-        total += (np.uint64(data[i]) << 8) | np.uint64(data[i + 1])
+        total += np.uint64(data[i]) | (np.uint64(data[i + 1]) << np.uint64(8))
         i += 2
     if i < end:
-        total += np.uint64(data[i]) << 8
-    return total
+        total += np.uint64(data[i])  # the pad byte is the high half of the big-endian word
+    while total >> np.uint64(16):
+        total = (total & np.uint64(0xFFFF)) + (total >> np.uint64(16))
+    return ((total & np.uint64(0xFF)) << np.uint64(8)) | (total >> np.uint64(8))
 
 
 @njit(nogil=True, cache=True)

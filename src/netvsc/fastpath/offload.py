@@ -20,6 +20,7 @@ import numpy as np
 from numba import njit
 
 from netvsc.fastpath.atomics import copy_bytes
+from netvsc.fastpath.borrow import borrowed
 from netvsc.fastpath.checksum import (
     fold_checksum,
     ones_complement_sum,
@@ -367,6 +368,12 @@ def software_offload_batch(
     layout does not allow the requested work, or that do not fit in ``out``, are dropped and
     counted in ``stats``. Returns the new ``out`` count.
     """
+    # No reference counting inside the call (fastpath/borrow.py).
+    in_data, in_length, in_vlan = borrowed(in_data), borrowed(in_length), borrowed(in_vlan)
+    in_flags, in_l4, in_mss = borrowed(in_flags), borrowed(in_l4), borrowed(in_mss)
+    in_queue, out_data, out_length = borrowed(in_queue), borrowed(out_data), borrowed(out_length)
+    out_vlan, out_flags, out_l4 = borrowed(out_vlan), borrowed(out_flags), borrowed(out_l4)
+    out_mss, out_queue, stats = borrowed(out_mss), borrowed(out_queue), borrowed(stats)
     max_out = out_length.shape[0]
     if count > in_length.shape[0]:
         count = in_length.shape[0]
@@ -450,6 +457,21 @@ def software_offload_batch(
 
 
 @njit(nogil=True, cache=True)
+def software_work_needed(cap, length, vlan_tci, flags, count, do_mask):
+    """Whether ``software_offload_batch`` with ``do_mask`` would change any of the ``count``
+    frames: a checksum, LSO or tag insertion to do, or a frame it drops for its length. When
+    not, the frames can go to the backend as they are, without the copy."""
+    count = min(count, length.shape[0], vlan_tci.shape[0], flags.shape[0])
+    work = do_mask & (TX_CSUM_IP | TX_CSUM_TCP | TX_CSUM_UDP | TX_LSO)
+    insert_tags = (do_mask & DO_VLAN_INSERT) != 0
+    for i in range(count):
+        n = np.int64(length[i])
+        if n < ETH_HEADER or n > cap or (flags[i] & work) != 0 or (insert_tags and vlan_tci[i] >= 0):
+            return True
+    return False
+
+
+@njit(nogil=True, cache=True)
 def _verify_l4(buf, at_ip, l4_at, l4_length, is_ipv4, proto):
     total = pseudo_header_sum(buf, at_ip, is_ipv4, proto, l4_length)
     total += ones_complement_sum(buf, l4_at, l4_length)
@@ -499,19 +521,20 @@ def receive_checksum_state(buf, base, length, l3, trusted):
     else:
         return 0
     if proto == PROTO_TCP:
-        if l4_length < TCP_MIN_HEADER:
-            return state | RX_TCP_FAILED
-        good = trusted or _verify_l4(buf, ip, l4_at, l4_length, is_ipv4, PROTO_TCP)
-        return state | (RX_TCP_SUCCEEDED if good else RX_TCP_FAILED)
-    if proto == PROTO_UDP:
-        if l4_length < UDP_HEADER:
-            return state | RX_UDP_FAILED
-        if read_be16(buf, l4_at + UDP_CHECKSUM_FIELD) == 0:
-            # IPv4 allows "no checksum"; IPv6 forbids it (RFC 8200 8.1).
-            return state | (RX_UDP_SUCCEEDED if is_ipv4 else RX_UDP_FAILED)
-        good = trusted or _verify_l4(buf, ip, l4_at, l4_length, is_ipv4, PROTO_UDP)
-        return state | (RX_UDP_SUCCEEDED if good else RX_UDP_FAILED)
-    return state
+        smallest, succeeded, failed = TCP_MIN_HEADER, RX_TCP_SUCCEEDED, RX_TCP_FAILED
+    elif proto == PROTO_UDP:
+        smallest, succeeded, failed = UDP_HEADER, RX_UDP_SUCCEEDED, RX_UDP_FAILED
+    else:
+        return state
+    if l4_length < smallest:
+        return state | failed
+    if proto == PROTO_UDP and read_be16(buf, l4_at + UDP_CHECKSUM_FIELD) == 0:
+        # IPv4 allows "no checksum"; IPv6 forbids it (RFC 8200 8.1).
+        return state | (succeeded if is_ipv4 else failed)
+    # One call site for both protocols: the kernel stays small enough to be compiled well
+    # (two inlined copies of the sum made every call about 4 times slower).
+    good = trusted or _verify_l4(buf, ip, l4_at, l4_length, is_ipv4, proto)
+    return state | (succeeded if good else failed)
 
 
 @njit(nogil=True, cache=True)
@@ -523,6 +546,9 @@ def receive_prepare_batch(data, cap, length, vlan_tci, rx_checksum, count):
     came off the wire. A non-zero ``rx_checksum`` is a state the backend already established
     (a TAP's DATA_VALID frames) and is kept; every other frame is verified here in software.
     """
+    # No reference counting inside the call (fastpath/borrow.py).
+    data, length, vlan_tci = borrowed(data), borrowed(length), borrowed(vlan_tci)
+    rx_checksum = borrowed(rx_checksum)
     count = min(count, length.shape[0], vlan_tci.shape[0], rx_checksum.shape[0])
     if cap * count > data.shape[0]:
         return 0
@@ -549,6 +575,8 @@ def receive_prepare_batch(data, cap, length, vlan_tci, rx_checksum, count):
 def fill_checksums_in_place(data, cap, length, flags, l4_offset, count):
     """Fill the checksums ``flags`` ask for in frames ``0..count-1`` where they lie (no copy, no
     LSO, no VLAN), for frames a backend builds itself; returns how many could not be done."""
+    # No reference counting inside the call (fastpath/borrow.py).
+    data, length, flags, l4_offset = borrowed(data), borrowed(length), borrowed(flags), borrowed(l4_offset)
     count = min(count, length.shape[0], flags.shape[0], l4_offset.shape[0])
     if cap * count > data.shape[0]:
         return count

@@ -31,6 +31,7 @@ from netvsc.fastpath.atomics import (
     copy_bytes,
     full_fence,
 )
+from netvsc.fastpath.borrow import borrowed
 from netvsc.wire.vmbus import (
     PACKET_ALIGNMENT,
     PACKET_DESCRIPTOR_SIZE,
@@ -236,6 +237,9 @@ def ring_write_batch(header, data, state, blob, offsets, count):
     packet that does not fit. Returns the number written, or an ``ERR_*`` code when the first
     packet is malformed (a malformed later one ends the batch before it).
     """
+    # No reference counting inside the call (fastpath/borrow.py).
+    header, data, state, blob = borrowed(header), borrowed(data), borrowed(state), borrowed(blob)
+    offsets = borrowed(offsets)
     dsize = data.shape[0]
     read_index = _writer_peer_read_index(header, state, dsize)
     if read_index < 0:
@@ -281,6 +285,9 @@ def ring_write_inband_batch(
 
     For in-band and completion packets (4.3). Returns the number written or an ``ERR_*`` code.
     """
+    # No reference counting inside the call (fastpath/borrow.py).
+    header, data, state, payloads = borrowed(header), borrowed(data), borrowed(state), borrowed(payloads)
+    offsets, transaction_ids = borrowed(offsets), borrowed(transaction_ids)
     dsize = data.shape[0]
     read_index = _writer_peer_read_index(header, state, dsize)
     if read_index < 0:
@@ -461,7 +468,8 @@ def ring_peek(header, data, state, descriptor_out):
 
 
 @njit(nogil=True, cache=True)
-def _read_into(data, words, dsize, state, available, out, out_start):
+def _peek_into(data, words, dsize, state, available, out, out_start):
+    """Copy the next packet into ``out[out_start:]`` without consuming it; its length, 0, or an error."""
     if available == 0:
         return np.int64(0)
     if available < MIN_PACKET_TOTAL:
@@ -479,10 +487,23 @@ def _read_into(data, words, dsize, state, available, out, out_start):
     # the caller's bytes agree with the lengths checked even if the peer rewrote the ring.
     _copy_from_ring(data, dsize, cursor, out, out_start, length)
     _put_word(out, out_start, first_word)
+    return length
+
+
+@njit(nogil=True, cache=True)
+def _consume(state, length, dsize):
+    """Move the private cursor past a packet of ``length`` bytes (its trailer too)."""
     total = length + PACKET_TRAILER_SIZE
-    state[READER_CURSOR] = ring_advance(cursor, total, dsize)
+    state[READER_CURSOR] = ring_advance(state[READER_CURSOR], total, dsize)
     state[READER_UNCOMMITTED] += total
     state[READER_BYTES] += total
+
+
+@njit(nogil=True, cache=True)
+def _read_into(data, words, dsize, state, available, out, out_start):
+    length = _peek_into(data, words, dsize, state, available, out, out_start)
+    if length > 0:
+        _consume(state, length, dsize)
     return length
 
 
@@ -492,6 +513,7 @@ def ring_read_packet(header, data, state, out):
 
     Returns its length, 0 when empty, or an error. The read index is published by ``ring_commit``.
     """
+    header, data, state, out = borrowed(header), borrowed(data), borrowed(state), borrowed(out)
     dsize = data.shape[0]
     available = _reader_available(header, state, dsize)
     if available < 0:
@@ -510,6 +532,9 @@ def ring_read_batch(header, data, state, out, offsets, max_packets):
     Returns the number read. A bad packet ends the batch before it; it is reported (as an error
     code) only when it is the first, so the good packets before it are never lost.
     """
+    # No reference counting inside the call (fastpath/borrow.py).
+    header, data, state, out = borrowed(header), borrowed(data), borrowed(state), borrowed(out)
+    offsets = borrowed(offsets)
     dsize = data.shape[0]
     available = _reader_available(header, state, dsize)
     if available < 0:
@@ -531,6 +556,26 @@ def ring_read_batch(header, data, state, out, offsets, max_packets):
         offsets[packets] = out_pos
     state[READER_PACKETS] += packets
     return packets
+
+
+@njit(nogil=True, cache=True)
+def ring_peek_packet(header, data, state, out):
+    """Copy the next packet (descriptor included, ``tlen * 8`` bytes) into ``out`` and leave it in
+    the ring; ``ring_consume`` takes it. For readers that decide per packet whether they handle
+    it. Returns its length, 0 when empty, or an error."""
+    header, data, state, out = borrowed(header), borrowed(data), borrowed(state), borrowed(out)
+    dsize = data.shape[0]
+    available = _reader_available(header, state, dsize)
+    if available < 0:
+        return _count_reader_error(state, available)
+    return _count_reader_error(state, _peek_into(data, data.view(np.int64), dsize, state, available, out, 0))
+
+
+@njit(nogil=True, cache=True)
+def ring_consume(data, state, length):
+    """Consume the packet ``ring_peek_packet`` just returned (``length`` is what it returned)."""
+    _consume(state, length, data.shape[0])
+    state[READER_PACKETS] += 1
 
 
 @njit(nogil=True, cache=True)

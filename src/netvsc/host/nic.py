@@ -14,6 +14,7 @@ Nothing read from the guest is trusted: a protocol violation fail-stops that cha
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -44,9 +45,15 @@ CONTROL_QUEUE_LIMIT = 100 * 1024  # unanswered RNDIS control bytes (OpenVMM, hos
 SLOT_HEADER_ROOM = 256  # OpenVMM: RNDIS header and PPIs before the frame
 SLOT_TAIL_ROOM = 36  # OpenVMM: the tail newer Windows guests cannot use
 MIN_SLOT_SIZE = 68  # Linux refuses smaller sub-allocations
-RX_BATCH = 64
-TX_BATCH = 16  # up to 8 aggregated packets per VMBus packet (host.md 3.2)
+RX_BATCH = 256  # frames pulled from the backend per call
+RX_FRAME_CAPACITY = 16384  # the largest frame a backend hands over (jumbo frames and then some)
+TX_BATCH = 16  # the frames of one VMBus packet on the engine's path (MAX_MESSAGES_PER_PACKET)
 TX_OUT_BATCH = 128  # room for the segments of one 64 KiB LSO send (MSS >= 512)
+DRAIN_BATCH = 256  # frames per ring-drain call (host/ringservice.py)
+VLAN_TAG_BYTES = 4
+_U64 = 0xFFFF_FFFF_FFFF_FFFF
+# Completion faults act on each send's completion: with one armed, every packet takes the engine's path.
+_COMPLETION_FAULTS = frozenset({"drop_completions", "delay_completions", "reorder_completions", "inject"})
 RNDIS_BUFFER_SPACE = 262144  # "what vmswitch returns" (host.md 4.3)
 VENDOR_ID = 0x0000155D
 VENDOR_DESCRIPTION = b"Microsoft Corporation\0"
@@ -141,11 +148,20 @@ class NicResources(Protocol):
     def rescind_subchannels(self) -> None: ...
 
 
+@functools.cache
 def _datapath() -> tuple[Any, Any, Any]:
     """The data-path modules (host/rxpath.py, txpath.py, rss.py), imported when first needed."""
     from netvsc.host import rss, rxpath, txpath
 
     return rxpath, txpath, rss
+
+
+@functools.cache
+def _ringservice() -> Any:
+    """host/ringservice.py, imported when first needed (as the modules of ``_datapath``)."""
+    from netvsc.host import ringservice
+
+    return ringservice
 
 
 @dataclass
@@ -159,19 +175,6 @@ class _ChannelState:
     @property
     def stopped(self) -> bool:
         return self.session.state is nvsp_proto.NvspState.DEAD or self.revoked
-
-
-class _StoppedChannel:
-    """Stands in for a stopped channel in ``ReceivePath.deliver``: every write finds it full."""
-
-    def send_raw(self, *pieces: object, defer_signal: bool = False) -> None:
-        raise RingFullError("channel is stopped")
-
-    def flush_signal(self) -> bool:
-        return False
-
-
-_STOPPED_CHANNEL = _StoppedChannel()
 
 
 @dataclass
@@ -206,6 +209,7 @@ class NetVsp:
         self._faults: dict[str, Any] = {}
         for kind, args in dict(config.faults).items():
             self._set_fault(kind, **(args if isinstance(args, dict) else {"value": args}))
+        self.service_budget: int | None = None  # frames per service() call; None: until empty
         self._link_up = bool(getattr(backend, "link_up", True))  # the real state
         self._link_told = True  # the guest starts "connected" without an indication (host.md 6)
         self._last_link_change = -math.inf
@@ -239,7 +243,10 @@ class NetVsp:
         self._offload_config = self._offload_capabilities()
         self._tx_batch = FrameBatch(TX_BATCH)
         self._tx_out = FrameBatch(TX_OUT_BATCH)
-        self._rx_batch = FrameBatch(RX_BATCH)
+        self._rx_batch = FrameBatch(RX_BATCH, RX_FRAME_CAPACITY)
+        self._ring_drain = None  # host/ringservice.RingDrain, built on first use
+        self.unfinished: set[int] = set()  # channels a budgeted service() left with data
+        self._completion_blobs: dict[int, tuple[bytes, np.ndarray, np.ndarray]] = {}
 
     @property
     def session(self) -> nvsp_proto.NvspSession:
@@ -349,9 +356,18 @@ class NetVsp:
 
     def service(self, channel_index: int) -> bool:
         """Drain channel ``channel_index``'s guest-to-host ring with interrupts masked, then unmask
-        and re-check, so no guest write is left unprocessed (host.md 8, host#62)."""
+        and re-check, so no guest write is left unprocessed (host.md 8, host#62). Returns whether
+        anything was read.
+
+        With ``service_budget`` set, a call stops once it has handled that many frames and
+        packets with the ring not yet empty: the mask stays set (the host is still draining, so
+        the guest does not signal) and the channel is in ``unfinished`` until a later call
+        empties the ring. The server calls those again without waiting for a signal, so a busy
+        channel cannot hold the loop, and its backends, for longer than one budget.
+        """
         if not 0 <= channel_index < len(self.channels):
             raise ConfigError("channel_index", channel_index, f"0..{len(self.channels) - 1}")
+        self.unfinished.discard(channel_index)
         state = self._states[channel_index]
         if state.stopped or state.stalled or self._closed:
             return False
@@ -360,19 +376,13 @@ class NetVsp:
         worked = False
         channel.rx.mask_interrupts()
         while not state.stopped:
-            while not state.stopped:
-                try:
-                    packet = channel.recv()
-                except ProtocolError as error:
-                    self._fail_stop(channel_index, f"ring: {error}")  # host.md 1.6: bad descriptor/indices
-                    break
-                if packet is None:
-                    break
-                worked = True
-                self.counts["packets_received"] += 1
-                self._handle_packet(channel_index, packet)
+            read, emptied = self._read_ring(channel_index, self.service_budget)
+            worked |= read
             if state.stopped:
                 break  # a dead or revoked channel is not read again (mask stays set)
+            if not emptied:
+                self.unfinished.add(channel_index)
+                break
             try:
                 more = channel.rx.unmask_interrupts()
             except ProtocolError as error:
@@ -384,6 +394,113 @@ class NetVsp:
         self._process_control()
         self._flush_signals()
         return worked
+
+    def _read_ring(self, index: int, budget: int | None) -> tuple[bool, bool]:
+        """Read channel ``index``'s ring until it is empty, the channel stops or ``budget`` frames
+        and packets are handled: batches of sends and receive completions through the ring
+        drain, every other packet through the session engine. Returns (anything read, the ring
+        was found empty)."""
+        state = self._states[index]
+        channel = self.channels[index]
+        worked = False
+        handled = 0
+        while not state.stopped:
+            if budget is not None and handled >= budget:
+                return worked, False
+            if self._drain_allowed(index):
+                ringservice = _ringservice()
+                stop = self._drain(index, DRAIN_BATCH if budget is None else budget - handled)
+                drain = self._ring_drain
+                worked |= drain.taken > 0
+                handled += drain.batch.count + drain.released + drain.unknown
+                if stop == ringservice.STOP_EMPTY:
+                    return worked, True
+                if stop == ringservice.STOP_FULL:
+                    continue
+            try:
+                packet = channel.recv()
+            except ProtocolError as error:
+                self._fail_stop(index, f"ring: {error}")  # host.md 1.6: bad descriptor/indices
+                break
+            if packet is None:
+                return worked, True
+            worked = True
+            handled += 1
+            self.counts["packets_received"] += 1
+            self._handle_packet(index, packet)
+        return worked, True
+
+    def _drain_allowed(self, index: int) -> bool:
+        return (
+            self._rx_path is not None
+            and self._states[index].session.state is nvsp_proto.NvspState.READY
+            and _COMPLETION_FAULTS.isdisjoint(self._faults)
+        )
+
+    def _drain(self, index: int, work_limit: int) -> int:
+        """One ring-drain call on channel ``index`` (``work_limit`` frames and completions): its
+        frames to the backend, then the completions of its sends (host.md 3.2), then the ring
+        space back to the guest."""
+        drain = self._ring_drain
+        if drain is None:
+            # Frames up to the frame size in force; a longer one takes the engine's path.
+            capacity = (self.frame_size + VLAN_TAG_BYTES + 63) // 64 * 64
+            guest_memory = self.resources.guest_memory
+            drain = _ringservice().RingDrain(capacity, DRAIN_BATCH, guest_memory, MAX_GPA_RANGES)
+            self._ring_drain = drain
+        channel = self.channels[index]
+        send_buffer = self.resources.send_buffer if self._send_buffer_connected else None
+        stop = drain.drain(channel, index, send_buffer, SEND_SECTION_SIZE, self._rx_path.slots, work_limit)
+        taken = drain.taken
+        if not taken:
+            return stop
+        counts = self.counts
+        counts["packets_received"] += taken
+        sends = drain.sends
+        if sends:
+            counts["nvsp_RndisPacket"] += sends
+            counts["tx_packets"] += sends
+            self._transmit_path().counters["tx_frames"] += drain.batch.count
+            self._transmit_frames(drain.batch, drain.out)
+            self._complete_sends(index, drain.completions, drain.completion_count)
+        completions = drain.released + drain.unknown
+        if completions:
+            counts["nvsp_RndisPacketCompletion"] += completions
+            rx_counters = self._rx_path.counters
+            rx_counters["completions"] += drain.released
+            if drain.unknown:
+                rx_counters["completions_unknown"] += drain.unknown
+                counts["unknown_receive_completions"] += drain.unknown  # host#23
+        channel.commit()
+        return stop
+
+    def _complete_sends(self, index: int, transaction_ids: np.ndarray, count: int) -> None:
+        """SUCCESS completions for ``count`` sends (host#28) with one ring write; what does not
+        fit waits in the channel's backlog, in order."""
+        state = self._states[index]
+        if count == 0 or state.stopped:
+            return
+        payload, blob, offsets = self._success_completions(state.session, count)
+        written = 0
+        if not state.backlog:
+            written = self.channels[index].tx.write_inband_batch(
+                blob, offsets, transaction_ids, vmbus_wire.PACKET_TYPE_COMPLETION, 0, count
+            )
+        for transaction_id in transaction_ids[written:count]:
+            self._send(index, vmbus_wire.PACKET_TYPE_COMPLETION, payload, int(transaction_id) & _U64)
+
+    def _success_completions(self, session: Any, count: int) -> tuple[bytes, np.ndarray, np.ndarray]:
+        """SEND_RNDIS_PACKET_COMPLETE(success) at the session's message size, repeated for at
+        least ``count`` packets, and the offsets of the copies (kept per message size)."""
+        size = session.host_message_size
+        cached = self._completion_blobs.get(size)
+        if cached is None or cached[2].shape[0] <= count:
+            payload = session.encode_rndis_packet_complete(nvsp.NVSP_STATUS_SUCCESS)
+            copies = max(count, DRAIN_BATCH)
+            blob = np.tile(np.frombuffer(payload, dtype=np.uint8), copies)
+            offsets = np.arange(copies + 1, dtype=np.int64) * len(payload)
+            cached = self._completion_blobs[size] = (payload, blob, offsets)
+        return cached
 
     def _handle_packet(self, index: int, packet: tuple) -> None:
         packet_type, flags, transaction_id, extension, payload = packet
@@ -553,7 +670,7 @@ class NetVsp:
             self.counts["tx_malformed"] += 1  # host#29
             self._complete_send(index, event, nvsp.NVSP_STATUS_FAILURE)
             return
-        self._transmit_frames(batch)
+        self._transmit_frames(batch, self._tx_out)
         self.counts["tx_packets"] += 1
         self._complete_send(index, event, nvsp.NVSP_STATUS_SUCCESS, data=True)
 
@@ -562,20 +679,24 @@ class NetVsp:
             len(item.rndis_message or b"") for item in self._control_out
         )
 
-    def _transmit_frames(self, batch: FrameBatch) -> None:
+    def _transmit_frames(self, batch: FrameBatch, out: FrameBatch) -> None:
+        """Hand ``batch`` to the backend, through ``out`` when offloads must be done in software."""
         if batch.count == 0:
             return
         _rxpath, txpath, _rss = _datapath()
-        out = self._tx_out
-        out.clear()
-        try:
-            dropped = txpath.apply_software_offloads(batch, self.backend.offloads, out)
-        except (ProtocolError, ConfigError) as error:
-            self.counts["tx_offload_errors"] += 1
-            log.info("transmit offload failed: %s", error)
-            return
-        if dropped:
-            self.counts["tx_offload_drops"] += int(dropped)
+        offloads = self.backend.offloads
+        if txpath.software_work_needed(batch, offloads):
+            out.clear()
+            try:
+                dropped = txpath.apply_software_offloads(batch, offloads, out)
+            except (ProtocolError, ConfigError) as error:
+                self.counts["tx_offload_errors"] += 1
+                log.info("transmit offload failed: %s", error)
+                return
+            if dropped:
+                self.counts["tx_offload_drops"] += int(dropped)
+        else:
+            out = batch  # nothing to do to the frames: no copy
         consumed = self.backend.transmit(out)
         self.counts["tx_frames"] += out.count
         if consumed < out.count:
@@ -1058,7 +1179,7 @@ class NetVsp:
         # A fail-stopped or revoked subchannel produces nothing: frames steered to it are dropped
         # (counted by ReceivePath as ring-full drops, their slots freed at once).
         channels = [
-            _STOPPED_CHANNEL if state.stopped else channel
+            None if state.stopped else channel
             for channel, state in zip(self.channels, self._states, strict=True)
         ]
         delivered = self._rx_path.deliver(
@@ -1238,6 +1359,7 @@ class NetVsp:
             self.resources.rescind_subchannels()
             del self.channels[1:]
             del self._states[1:]
+            self.unfinished.intersection_update({0})
             self._granted_subchannels = 0
             self._update_active_queues()
             return {"channels": len(self.channels)}

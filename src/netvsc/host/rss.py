@@ -17,6 +17,7 @@ import numpy as np
 from numba import njit
 
 from netvsc.errors import ConfigError
+from netvsc.fastpath.borrow import borrowed
 from netvsc.fastpath.toeplitz import toeplitz_hash, toeplitz_table
 from netvsc.host.frames import FrameBatch
 from netvsc.wire import ndis
@@ -53,6 +54,10 @@ def _steer_kernel(
     scratch,
 ):
     """Per frame: pick the tuple, hash it, look the channel up; one call per batch."""
+    # No reference counting inside the call (fastpath/borrow.py).
+    data, length, table, key_table = borrowed(data), borrowed(length), borrowed(table), borrowed(key_table)
+    out_queue, out_hash, out_info = borrowed(out_queue), borrowed(out_hash), borrowed(out_info)
+    scratch = borrowed(scratch)
     if count > length.shape[0]:
         count = length.shape[0]
     if cap * count > data.shape[0] or queue_count < 1:

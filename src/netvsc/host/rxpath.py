@@ -1,13 +1,10 @@
-"""The host-to-guest receive path of the emulated host: receive-buffer slots and the transfer-page
-packets that carry RNDIS messages in them (spec/host.md 2.2-2.6, 4.5).
+"""The host-to-guest receive path of the emulated host: the transfer-page packets that carry RNDIS
+messages in receive-buffer slots (spec/host.md 2.4-2.6, 4.5).
 
 Layer 7 (host).
 
-- ``ReceiveSlots`` divides the guest's receive buffer into fixed-size slots: 0..15 are kept for
-  control responses and indications on the primary, the rest are split between the active
-  queues (2.3) and handed out FIFO. A slot comes back only when the guest completes the
-  transaction id it was sent under, on the channel it was sent on (2.5); completions are
-  accepted in any order and an unknown or repeated id releases nothing.
+- ``ReceiveSlots`` (host/rxslots.py, re-exported here) divides the guest's receive buffer into
+  slots and keeps who owns and who holds each.
 - ``ReceivePath`` delivers a ``FrameBatch`` from a backend: VLAN tags stripped and checksums
   verified (fastpath.offload; the one place for both, for every backend: a state a backend
   already set, a TAP's DATA_VALID, is kept, a frame with state 0 is verified), RSS steering
@@ -16,26 +13,38 @@ Layer 7 (host).
   With no free slot a frame is dropped and counted, never queued (2.6); when the channel's ring
   is full the whole packet is dropped and its slots freed at once.
 
-Per-frame work (filter decision, RNDIS headers and PPIs, frame copies) runs in numba kernels,
-one call per batch. A fault hook lets the NetVSP corrupt the next packet or place the next
-RNDIS header across a 4 KiB page (issue 3, item 8).
+Per batch: one kernel for tags and checksums, one for the filter, then one per queue that takes
+the slots, writes the messages, builds the transfer-page packets and writes them to the ring
+with one ring write (``_deliver_queue_kernel``). Control messages go through the same packet
+writer. A fault hook lets the NetVSP corrupt the next packet or place the next RNDIS header
+across a 4 KiB page (issue 3, item 8); with one armed, the queue's steps run one by one with the
+fault applied between them.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from numba import njit
 
-from netvsc.errors import ConfigError, ProtocolError, RingFullError
-from netvsc.fastpath.atomics import copy_bytes
+from netvsc.errors import ConfigError, ProtocolError
+from netvsc.fastpath.atomics import copy_bytes, prefetch_write
+from netvsc.fastpath.borrow import borrowed
 from netvsc.fastpath.offload import receive_prepare_batch
+from netvsc.fastpath.ring import ring_write_batch
 from netvsc.host.frames import FrameBatch
 from netvsc.host.rss import RssState
-from netvsc.vmbus.channel import Channel, encode_descriptor
+from netvsc.host.rxslots import (
+    MAX_QUEUES,
+    RX_CONTROL_SLOTS,
+    ReceiveSlots,
+    give_back_slots,
+    mark_outstanding,
+    take_slots,
+)
+from netvsc.vmbus.channel import Channel
 from netvsc.wire import ndis, nvsp, rndis
 from netvsc.wire.vmbus import (
     HV_PAGE_SIZE,
@@ -58,7 +67,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-RX_CONTROL_SLOTS = 16  # OpenVMM RX_RESERVED_CONTROL_BUFFERS (host.md 2.2)
 MAX_RANGES_PER_PACKET = 375  # NVSP_MAX_PACKETS_PER_RECEIVE (host.md 2.4)
 RX_HEADER_ROOM = 256  # OpenVMM RX_HEADER_LEN: the frame sits 256 bytes into a data slot
 RX_DATA_OFFSET = RX_HEADER_ROOM - rndis.RNDIS_OFFSET_BASE  # 248, counted from byte 8
@@ -74,6 +82,7 @@ _PPI_HASH_INFO = rndis.PPI_TYPE_HASH_INFO
 _PPI_ELEMENT = rndis.PPI_HEADER_SIZE + 4  # every PPI the host sends carries a u32
 _PPI_AREA_MAX = 4 * _PPI_ELEMENT  # checksum, VLAN, hash value, hash info
 
+_PREFETCH_AHEAD = 4  # slots
 RX_RING_LOW_WATER = 2048  # OpenVMM stops pulling from the backend below this (host.md 2.6)
 FAULTS = ("corrupt_xfer_packet", "corrupt_rndis_header", "straddle_page")
 
@@ -83,6 +92,20 @@ _FILTERED = 1
 _RUNT = 2
 _TOO_BIG = 3
 
+# Rows of the per-batch work array: frame index, slot, message start (-1: the slot's layout),
+# message length (the range's byte count), range offset.
+W_FRAMES, W_SLOTS, W_START, W_BYTES, W_OFFSETS = range(5)
+W_ROWS = 5
+# Words of the per-call results.
+R_DELIVERED, R_NO_SLOT, R_TOO_BIG, R_RING_FULL, R_PACKETS = range(5)
+R_WORDS = 8
+# Room for one transfer-page packet: header, 375 ranges, the largest NVSP message.
+_MAX_PACKET_BYTES = (
+    TRANSFER_PAGE_HEADER_SIZE
+    + TRANSFER_PAGE_RANGE_SIZE * MAX_RANGES_PER_PACKET
+    + nvsp.NVSP_HOST_MESSAGE_SIZE_V61
+)
+
 _DIRECTED = ndis.NDIS_PACKET_TYPE_DIRECTED
 _MULTICAST = ndis.NDIS_PACKET_TYPE_MULTICAST
 _ALL_MULTICAST = ndis.NDIS_PACKET_TYPE_ALL_MULTICAST
@@ -91,184 +114,21 @@ _PROMISCUOUS = ndis.NDIS_PACKET_TYPE_PROMISCUOUS
 
 
 # ---------------------------------------------------------------------------------------------
-# Slots
-# ---------------------------------------------------------------------------------------------
-
-
-class ReceiveSlots:
-    """Slot allocator over the guest receive buffer (host.md 2.2, 2.3, 2.5).
-
-    A slot is free (in its owner queue's FIFO), taken (handed out, not yet sent) or outstanding
-    (sent under a transaction id on one channel, waiting for the guest's completion).
-    """
-
-    _FREE, _TAKEN, _OUTSTANDING = 0, 1, 2
-
-    def __init__(self, buffer_size: int, slot_size: int, control_slots: int = RX_CONTROL_SLOTS) -> None:
-        if not isinstance(slot_size, int | np.integer) or slot_size < 68:
-            # Linux requires sub_alloc_size >= 68 (host.md 2.1).
-            raise ConfigError("slot_size", slot_size, "an integer >= 68 bytes")
-        if not isinstance(buffer_size, int | np.integer) or buffer_size < slot_size:
-            raise ConfigError("buffer_size", buffer_size, f"an integer >= the slot size ({slot_size})")
-        if not isinstance(control_slots, int | np.integer) or control_slots < 0:
-            raise ConfigError("control_slots", control_slots, "an integer >= 0")
-        buffer_size, slot_size, control_slots = int(buffer_size), int(slot_size), int(control_slots)
-        self.slot_size = slot_size
-        self.slot_count = buffer_size // slot_size
-        self.control_slots = min(control_slots, self.slot_count)
-        self._state = np.zeros(self.slot_count, dtype=np.uint8)
-        self._owner = np.full(self.slot_count, -1, dtype=np.int32)
-        self._control_free: deque[int] = deque(range(self.control_slots))
-        self._fifo: dict[int, deque[int]] = {}
-        self._spare: list[int] = []  # free data slots no active queue owns
-        self._outstanding: dict[int, dict[int, list[int]]] = {}
-        self._outstanding_slots: dict[int, int] = {}
-        self.active_queues: tuple[int, ...] = ()
-        self.set_active_queues([0])
-
-    # -- queues ------------------------------------------------------------------------------
-
-    def set_active_queues(self, queues: Sequence[int]) -> None:
-        """Split the data slots between ``queues`` (2.3): each gets (count - 16) / n, the last
-        also the remainder. Free slots move at once; outstanding ones when completed."""
-        active = sorted({int(q) for q in queues})
-        if not active or active[0] < 0:
-            raise ConfigError("active queues", list(queues), "one or more queue indices >= 0")
-        first = self.control_slots
-        data_slots = self.slot_count - first
-        share = data_slots // len(active)
-        self._owner[first:] = -1
-        for position, queue in enumerate(active):
-            start = first + position * share
-            end = self.slot_count if position == len(active) - 1 else start + share
-            self._owner[start:end] = queue
-        previous = [s for fifo in self._fifo.values() for s in fifo] + self._spare
-        self._fifo = {queue: deque() for queue in active}
-        self._spare = []
-        for slot in previous:
-            self._return(slot)
-        if not self.active_queues:
-            # First split: every data slot starts free, in ascending order.
-            for slot in range(first, self.slot_count):
-                self._return(slot)
-        self.active_queues = tuple(active)
-
-    def _return(self, slot: int) -> None:
-        self._state[slot] = self._FREE
-        if slot < self.control_slots:
-            self._control_free.append(slot)
-            return
-        owner = int(self._owner[slot])
-        fifo = self._fifo.get(owner)
-        if fifo is None:
-            self._spare.append(slot)
-        else:
-            fifo.append(slot)
-
-    # -- handing out -------------------------------------------------------------------------
-
-    def take_control(self) -> int | None:
-        """A reserved slot (0..control_slots-1) for a control message, or None."""
-        if not self._control_free:
-            return None
-        slot = self._control_free.popleft()
-        self._state[slot] = self._TAKEN
-        return slot
-
-    def take_data(self, queue: int) -> int | None:
-        """The next free data slot of ``queue`` (FIFO), or None."""
-        fifo = self._fifo.get(queue)
-        if not fifo:
-            return None
-        slot = fifo.popleft()
-        self._state[slot] = self._TAKEN
-        return slot
-
-    def take_data_many(self, queue: int, wanted: int) -> np.ndarray:
-        """Up to ``wanted`` data slots of ``queue`` at once, FIFO order."""
-        fifo = self._fifo.get(queue)
-        count = min(wanted, len(fifo)) if fifo else 0
-        slots = np.fromiter((fifo.popleft() for _ in range(count)), dtype=np.int64, count=count)
-        self._state[slots] = self._TAKEN
-        return slots
-
-    def take_data_matching(self, queue: int, accept: Callable[[int], bool]) -> int | None:
-        """The first free data slot of ``queue`` that ``accept`` takes (fault injection only)."""
-        fifo = self._fifo.get(queue)
-        for slot in fifo or ():
-            if accept(slot):
-                fifo.remove(slot)
-                self._state[slot] = self._TAKEN
-                return slot
-        return None
-
-    def free_data(self, queue: int) -> int:
-        fifo = self._fifo.get(queue)
-        return len(fifo) if fifo else 0
-
-    def give_back(self, slots: Sequence[int]) -> None:
-        """Return taken slots that were never sent (the ring was full)."""
-        for slot in slots:
-            slot = int(slot)
-            if self._state[slot] != self._TAKEN:
-                raise ConfigError("slot", slot, "a slot taken and not yet sent")
-            self._return(slot)
-
-    def mark_outstanding(self, channel_index: int, slots: Sequence[int]) -> int:
-        """Record taken ``slots`` as sent in one packet on ``channel_index``; returns the
-        transaction id (the first slot: unique while outstanding, below the slot count)."""
-        batch = [int(slot) for slot in slots]
-        if not batch:
-            raise ConfigError("slots", 0, "at least one slot")
-        for slot in batch:
-            if self._state[slot] != self._TAKEN:
-                raise ConfigError("slot", slot, "a slot taken and not yet sent")
-            self._state[slot] = self._OUTSTANDING
-        transaction_id = batch[0]
-        self._outstanding.setdefault(channel_index, {})[transaction_id] = batch
-        self._outstanding_slots[channel_index] = self._outstanding_slots.get(channel_index, 0) + len(batch)
-        return transaction_id
-
-    # -- completions -------------------------------------------------------------------------
-
-    def release(self, channel_index: int, transaction_id: int) -> bool:
-        """The guest completed ``transaction_id`` on ``channel_index``: free every slot of that
-        packet. False (nothing freed) for an unknown or repeated id, or the wrong channel."""
-        batch = self._outstanding.get(channel_index, {}).pop(transaction_id, None)
-        if batch is None:
-            return False
-        self._outstanding_slots[channel_index] -= len(batch)
-        for slot in batch:
-            self._return(slot)
-        return True
-
-    def outstanding(self, channel_index: int) -> int:
-        """Slots sent on ``channel_index`` and not yet completed by the guest."""
-        return self._outstanding_slots.get(channel_index, 0)
-
-    def outstanding_ids(self, channel_index: int) -> list[int]:
-        return list(self._outstanding.get(channel_index, {}))
-
-    def release_all(self) -> None:
-        """Forget every outstanding packet (the channel closed, host.md 1.1)."""
-        for batches in self._outstanding.values():
-            for batch in batches.values():
-                for slot in batch:
-                    self._return(slot)
-        self._outstanding.clear()
-        self._outstanding_slots.clear()
-
-
-# ---------------------------------------------------------------------------------------------
 # Kernels
 # ---------------------------------------------------------------------------------------------
 
 
 @njit(nogil=True, cache=True)
-def _classify_kernel(data, cap, length, vlan_tci, count, mac, packet_filter, slot_size, with_hash, verdict):
-    """Filter decision and size check per frame (host.md 4.5); returns frames that pass."""
-    if count > length.shape[0]:
-        count = length.shape[0]
+def _classify_kernel(
+    data, cap, length, vlan_tci, count, mac, packet_filter, slot_size, with_hash, verdict, verdicts
+):
+    """Filter decision and size check per frame (host.md 4.5); ``verdicts[v]`` counts the frames
+    of each verdict. Returns the frames that pass."""
+    # No reference counting inside the call (fastpath/borrow.py).
+    data, length, vlan_tci, mac = borrowed(data), borrowed(length), borrowed(vlan_tci), borrowed(mac)
+    verdict, verdicts = borrowed(verdict), borrowed(verdicts)
+    verdicts[:] = 0
+    count = min(count, length.shape[0], verdict.shape[0])
     if cap * count > data.shape[0] or mac.shape[0] < 6:
         return 0
     passed = 0
@@ -307,6 +167,8 @@ def _classify_kernel(data, cap, length, vlan_tci, count, mac, packet_filter, slo
             passed += 1
         else:
             verdict[i] = _FILTERED
+    for i in range(count):
+        verdicts[verdict[i]] += 1
     return passed
 
 
@@ -356,6 +218,11 @@ def _build_kernel(
     written = 0
     recv_size = recv.shape[0]
     for k in range(count):
+        if k + _PREFETCH_AHEAD < count:
+            # The receive buffer is swept slot by slot, mostly cold: start its lines coming early.
+            ahead = np.int64(slots[k + _PREFETCH_AHEAD]) * slot_size
+            prefetch_write(recv, ahead)
+            prefetch_write(recv, ahead + RX_HEADER_ROOM)
         byte_count[k] = 0
         i = np.int64(frames[k])
         if i < 0 or i >= length.shape[0] or (i + 1) * cap > data.shape[0]:
@@ -402,6 +269,157 @@ def _build_kernel(
         byte_count[k] = message_length
         written += 1
     return written
+
+
+@njit(nogil=True, cache=True)
+def _put_u16(buf, at, value):
+    buf[at] = np.uint8(value & 0xFF)
+    buf[at + 1] = np.uint8((value >> 8) & 0xFF)
+
+
+@njit(nogil=True, cache=True)
+def _gather_queue(verdict, queue_of, count, queue, frames):
+    """Indices of the frames that passed and are steered to ``queue``; returns how many."""
+    found = 0
+    for i in range(min(count, verdict.shape[0], queue_of.shape[0], frames.shape[0])):
+        if verdict[i] == _PASS and queue_of[i] == queue:
+            frames[found] = i
+            found += 1
+    return found
+
+
+@njit(nogil=True, cache=True)
+def _build_and_compact(
+    data, cap, length, vlan_tci, rx_checksum, hash_value, hash_info, work, count,
+    recv, slot_size, with_hash, slot_table, list_table, control_slots, results,
+):
+    """Write the RNDIS messages of the ``count`` frames with slots in ``work``; frames that could
+    not be written give their slot back (too big). The rest are packed to the front of ``work``
+    with their range (byte count, offset). Returns how many remain."""
+    # No reference counting inside the call (fastpath/borrow.py).
+    data, length, vlan_tci = borrowed(data), borrowed(length), borrowed(vlan_tci)
+    rx_checksum, hash_value, hash_info = borrowed(rx_checksum), borrowed(hash_value), borrowed(hash_info)
+    work, recv, slot_table = borrowed(work), borrowed(recv), borrowed(slot_table)
+    list_table, results = borrowed(list_table), borrowed(results)
+    _build_kernel(
+        data, cap, length, vlan_tci, rx_checksum, hash_value, hash_info, work[W_FRAMES],
+        work[W_SLOTS], work[W_START], count, recv, slot_size, with_hash, work[W_BYTES],
+    )
+    kept = 0
+    for k in range(count):
+        slot = work[W_SLOTS, k]
+        if work[W_BYTES, k] == 0:
+            give_back_slots(slot_table, list_table, control_slots, work[W_SLOTS], k, 1)
+            results[R_TOO_BIG] += 1
+            continue
+        start = work[W_START, k]
+        work[W_SLOTS, kept] = slot
+        work[W_BYTES, kept] = work[W_BYTES, k]
+        work[W_OFFSETS, kept] = start if start >= 0 else slot * slot_size
+        kept += 1
+    return kept
+
+
+@njit(nogil=True, cache=True)
+def _put_transfer_packet(blob, at, work, first, ranges, set_id, payload):
+    """One type-7 packet at ``blob[at:]`` (host.md 2.4): descriptor (transaction id = the first
+    slot), transfer-page header, the ranges ``work[..., first:first+ranges]``, the NVSP message.
+    Returns the end of the packet (the ring pads it)."""
+    header_length = TRANSFER_PAGE_HEADER_SIZE + TRANSFER_PAGE_RANGE_SIZE * ranges
+    total = header_length + payload.shape[0]
+    _put_u16(blob, at, PACKET_TYPE_XFER_PAGES)
+    _put_u16(blob, at + 2, header_length // PACKET_ALIGNMENT)
+    _put_u16(blob, at + 4, (total + PACKET_ALIGNMENT - 1) // PACKET_ALIGNMENT)
+    _put_u16(blob, at + 6, PACKET_FLAG_COMPLETION_REQUESTED)
+    transaction_id = work[W_SLOTS, first]
+    _put_u32(blob, at + 8, transaction_id & 0xFFFFFFFF)
+    _put_u32(blob, at + 12, 0)
+    _put_u16(blob, at + 16, set_id)
+    _put_u16(blob, at + 18, 0)
+    _put_u32(blob, at + 20, ranges)
+    for r in range(ranges):
+        _put_u32(blob, at + TRANSFER_PAGE_HEADER_SIZE + 8 * r, work[W_BYTES, first + r])
+        _put_u32(blob, at + TRANSFER_PAGE_HEADER_SIZE + 8 * r + 4, work[W_OFFSETS, first + r])
+    copy_bytes(blob, at + header_length, payload, 0, payload.shape[0])
+    return at + total
+
+
+@njit(nogil=True, cache=True)
+def _write_transfer_packets(
+    ring_header, ring_data, ring_state, stopped, work, count, set_id, payload, blob, blob_offsets,
+    slot_table, list_table, outstanding, control_slots, channel, results,
+):
+    """Send the ``count`` ranges in ``work`` as packets of up to 375 ranges with one ring write.
+    Sent packets become outstanding on ``channel``; a packet the ring has no room for is dropped
+    whole and its slots go straight back (host.md 2.6), as do all of them on a ring error,
+    whose code is returned (else 0)."""
+    # No reference counting inside the call (fastpath/borrow.py).
+    ring_header, ring_data, ring_state = borrowed(ring_header), borrowed(ring_data), borrowed(ring_state)
+    work, payload, blob = borrowed(work), borrowed(payload), borrowed(blob)
+    blob_offsets, slot_table = borrowed(blob_offsets), borrowed(slot_table)
+    list_table, outstanding, results = borrowed(list_table), borrowed(outstanding), borrowed(results)
+    packets = (count + MAX_RANGES_PER_PACKET - 1) // MAX_RANGES_PER_PACKET
+    if packets + 1 > blob_offsets.shape[0] or blob.shape[0] < packets * _MAX_PACKET_BYTES:
+        packets = 0  # the caller sized the scratch for its batch; never write past it
+    at = 0
+    for p in range(packets):
+        first = p * MAX_RANGES_PER_PACKET
+        blob_offsets[p] = at
+        ranges = min(MAX_RANGES_PER_PACKET, count - first)
+        at = _put_transfer_packet(blob, at, work, first, ranges, set_id, payload)
+    blob_offsets[packets] = at
+    written = 0
+    if packets and not stopped:
+        written = ring_write_batch(ring_header, ring_data, ring_state, blob, blob_offsets, packets)
+    if written < 0:
+        give_back_slots(slot_table, list_table, control_slots, work[W_SLOTS], 0, count)
+        return written
+    for p in range(packets):
+        first = p * MAX_RANGES_PER_PACKET
+        ranges = min(MAX_RANGES_PER_PACKET, count - first)
+        if p < written:
+            mark_outstanding(slot_table, outstanding, channel, work[W_SLOTS], first, ranges)
+            results[R_PACKETS] += 1
+            results[R_DELIVERED] += ranges
+        else:
+            give_back_slots(slot_table, list_table, control_slots, work[W_SLOTS], first, ranges)
+            results[R_RING_FULL] += ranges
+    return 0
+
+
+@njit(nogil=True, cache=True)
+def _deliver_queue_kernel(
+    data, cap, length, vlan_tci, rx_checksum, hash_value, hash_info, queue_of, verdict, count,
+    queue, channel, with_hash, recv, slot_size, set_id, payload,
+    slot_table, list_table, outstanding, control_slots,
+    ring_header, ring_data, ring_state, stopped, work, blob, blob_offsets, results,
+):
+    """Everything ``ReceivePath`` does for one queue of a batch, in one call: the frames of the
+    queue, a slot each (FIFO; none left: dropped, never queued), their RNDIS messages, the
+    transfer-page packets and the ring write. Returns 0 or a ring error code."""
+    # No reference counting inside the call (fastpath/borrow.py).
+    data, length, vlan_tci = borrowed(data), borrowed(length), borrowed(vlan_tci)
+    rx_checksum, hash_value, hash_info = borrowed(rx_checksum), borrowed(hash_value), borrowed(hash_info)
+    queue_of, verdict, recv = borrowed(queue_of), borrowed(verdict), borrowed(recv)
+    payload, slot_table, list_table = borrowed(payload), borrowed(slot_table), borrowed(list_table)
+    outstanding, ring_header, ring_data = borrowed(outstanding), borrowed(ring_header), borrowed(ring_data)
+    ring_state, work, blob = borrowed(ring_state), borrowed(work), borrowed(blob)
+    blob_offsets, results = borrowed(blob_offsets), borrowed(results)
+    frames = _gather_queue(verdict, queue_of, count, queue, work[W_FRAMES])
+    taken = 0
+    if 0 <= queue < MAX_QUEUES:
+        taken = take_slots(slot_table, list_table, queue, frames, work[W_SLOTS], 0)
+    results[R_NO_SLOT] += frames - taken
+    for k in range(taken):
+        work[W_START, k] = -1
+    kept = _build_and_compact(
+        data, cap, length, vlan_tci, rx_checksum, hash_value, hash_info, work, taken,
+        recv, slot_size, with_hash, slot_table, list_table, control_slots, results,
+    )
+    return _write_transfer_packets(
+        ring_header, ring_data, ring_state, stopped, work, kept, set_id, payload, blob, blob_offsets,
+        slot_table, list_table, outstanding, control_slots, channel, results,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -460,7 +478,29 @@ class ReceivePath:
                 "faults_applied",
             )
         }
-        self._verdict = np.zeros(0, dtype=np.uint8)
+        self._mac_key = b""
+        self._mac = np.zeros(6, dtype=np.uint8)
+        self._verdicts = np.zeros(4, dtype=np.int64)
+        self._results = np.zeros(R_WORDS, dtype=np.int64)
+        # Stand-ins for a stopped channel's ring (never written: the kernel is told it is stopped).
+        self._no_ring = (
+            np.zeros(4, dtype=np.uint32),
+            np.zeros(8, dtype=np.uint8),
+            np.zeros(8, dtype=np.int64),
+        )
+        self._control_work = np.zeros((W_ROWS, 1), dtype=np.int64)
+        self._control_blob = np.zeros(_MAX_PACKET_BYTES, dtype=np.uint8)
+        self._control_offsets = np.zeros(2, dtype=np.int64)
+        self._size_scratch(64)
+
+    def _size_scratch(self, frames: int) -> None:
+        """Work arrays for batches of up to ``frames`` frames."""
+        self._capacity = frames
+        self._verdict = np.zeros(frames, dtype=np.uint8)
+        self._work = np.zeros((W_ROWS, frames), dtype=np.int64)
+        packets = (frames + MAX_RANGES_PER_PACKET - 1) // MAX_RANGES_PER_PACKET
+        self._blob = np.zeros(packets * _MAX_PACKET_BYTES, dtype=np.uint8)
+        self._blob_offsets = np.zeros(packets + 1, dtype=np.int64)
 
     # -- faults ------------------------------------------------------------------------------
 
@@ -513,19 +553,17 @@ class ReceivePath:
             return False
         start = slot * self.slots.slot_size
         self.recv_buffer[start : start + message.shape[0]] = message
-        ranges = np.array([message.shape[0], start], dtype=np.uint32)
-        header = self._packet_header(slot, ranges)
-        try:
-            channel.send_raw(header, self._payload[nvsp.RNDIS_CHANNEL_TYPE_CONTROL])
-        except RingFullError:
-            self.slots.give_back([slot])
+        work = self._control_work
+        work[W_SLOTS, 0], work[W_BYTES, 0], work[W_OFFSETS, 0] = slot, message.shape[0], start
+        results = self._results
+        results[:] = 0
+        self._write(channel, channel_index, work, 1, nvsp.RNDIS_CHANNEL_TYPE_CONTROL,
+                    self._control_blob, self._control_offsets)
+        if results[R_RING_FULL]:
             self.counters["control_ring_full"] += 1
             return False
-        except ProtocolError:
-            self.slots.give_back([slot])
-            raise
-        self.slots.mark_outstanding(channel_index, [slot])
         self.counters["control_sent"] += 1
+        channel.flush_signal()
         return True
 
     def complete(self, channel_index: int, transaction_id: int) -> bool:
@@ -541,7 +579,7 @@ class ReceivePath:
     def deliver(
         self,
         batch: FrameBatch,
-        channels: Sequence[Channel],
+        channels: Sequence[Channel | None],
         *,
         mac: bytes,
         packet_filter: int,
@@ -549,8 +587,9 @@ class ReceivePath:
     ) -> int:
         """Deliver the frames of ``batch`` to the guest; returns how many were sent.
 
-        The batch is modified in place (tags stripped, checksum state, queue and hash set).
-        Drops are counted in ``counters``.
+        ``channels[i]`` is None for a channel that is stopped: what is steered to it is dropped
+        as if its ring were full. The batch is modified in place (tags stripped, checksum state,
+        queue and hash set). Drops are counted in ``counters``.
         """
         count = batch.count
         if count == 0:
@@ -561,9 +600,11 @@ class ReceivePath:
             # Filter 0 (the initial value) delivers nothing (host.md 2.6, 4.5).
             self.counters["rx_dropped_filter"] += count
             return 0
-        mac_array = np.frombuffer(bytes(mac), dtype=np.uint8)
-        if mac_array.shape[0] != 6:
-            raise ConfigError("mac", bytes(mac).hex(":"), "6 bytes")
+        if mac != self._mac_key:
+            mac_array = np.frombuffer(bytes(mac), dtype=np.uint8)
+            if mac_array.shape[0] != 6:
+                raise ConfigError("mac", bytes(mac).hex(":"), "6 bytes")
+            self._mac, self._mac_key = mac_array.copy(), mac
         self.counters["rx_vlan_stripped"] += int(
             receive_prepare_batch(
                 batch.data, batch.frame_capacity, batch.length, batch.vlan_tci, batch.rx_checksum, count
@@ -576,156 +617,146 @@ class ReceivePath:
             batch.queue[:count] = 0
             batch.hash_value[:count] = 0
             batch.hash_info[:count] = 0
-        if self._verdict.shape[0] < batch.capacity:
-            self._verdict = np.zeros(batch.capacity, dtype=np.uint8)
-        verdict = self._verdict
-        _classify_kernel(
+        if self._capacity < batch.capacity:
+            self._size_scratch(batch.capacity)
+        verdicts = self._verdicts
+        passed = _classify_kernel(
             batch.data,
             batch.frame_capacity,
             batch.length,
             batch.vlan_tci,
             count,
-            mac_array,
+            self._mac,
             packet_filter,
             self.slots.slot_size,
             with_hash,
-            verdict,
+            self._verdict,
+            verdicts,
         )
-        verdicts = verdict[:count]
-        self.counters["rx_dropped_filter"] += int(np.count_nonzero(verdicts == _FILTERED))
-        self.counters["rx_dropped_runt"] += int(np.count_nonzero(verdicts == _RUNT))
-        self.counters["rx_dropped_too_big"] += int(np.count_nonzero(verdicts == _TOO_BIG))
-        passing = np.flatnonzero(verdicts == _PASS)
-        if passing.shape[0] == 0:
+        counters = self.counters
+        counters["rx_dropped_filter"] += int(verdicts[_FILTERED])
+        counters["rx_dropped_runt"] += int(verdicts[_RUNT])
+        counters["rx_dropped_too_big"] += int(verdicts[_TOO_BIG])
+        if passed == 0:
             return 0
-        queues = batch.queue[passing]
+        if with_hash:
+            queues = np.unique(batch.queue[:count][self._verdict[:count] == _PASS]).tolist()
+        else:
+            queues = (0,)
         delivered = 0
-        for queue in np.unique(queues):
-            frames = passing[queues == queue]
-            delivered += self._deliver_queue(batch, channels, int(queue), frames, with_hash)
+        for queue in queues:
+            delivered += self._deliver_queue(batch, channels, queue, with_hash)
         return delivered
 
     def _deliver_queue(
-        self, batch: FrameBatch, channels: Sequence[Channel], queue: int, frames: np.ndarray, with_hash: bool
+        self, batch: FrameBatch, channels: Sequence[Channel | None], queue: int, with_hash: bool
     ) -> int:
         channel_index = queue if queue < len(channels) else 0
         channel = channels[channel_index]
-        slots = self.slots.take_data_many(queue, frames.shape[0])
-        if slots.shape[0] < frames.shape[0]:
-            # Never queued waiting for a slot (host.md 2.6).
-            self.counters["rx_dropped_no_slot"] += frames.shape[0] - slots.shape[0]
-            frames = frames[: slots.shape[0]]
-        if frames.shape[0] == 0:
-            return 0
-        message_start = np.full(frames.shape[0], -1, dtype=np.int64)
-        if "straddle_page" in self._armed and self._place_straddling(
-            batch, queue, frames, slots, message_start, with_hash
-        ):
+        results = self._results
+        results[:] = 0
+        if self._armed:
+            self._deliver_queue_faulted(batch, channel, channel_index, queue, with_hash)
+        else:
+            code = _deliver_queue_kernel(
+                batch.data, batch.frame_capacity, batch.length, batch.vlan_tci, batch.rx_checksum,
+                batch.hash_value, batch.hash_info, batch.queue, self._verdict, batch.count,
+                queue, channel_index, with_hash, self.recv_buffer, self.slots.slot_size, self.set_id,
+                self._payload[nvsp.RNDIS_CHANNEL_TYPE_DATA],
+                self.slots.slot_table, self.slots.list_table, self.slots.outstanding_slots,
+                self.slots.control_slots, *self._ring(channel), channel is None, self._work, self._blob,
+                self._blob_offsets, results,
+            )
+            self._count(results)
+            if code < 0:
+                self._ring_error(channel, code)
+        if results[R_RING_FULL]:
+            log.debug("channel %d: ring full, %d frames dropped", channel_index, int(results[R_RING_FULL]))
+        if channel is not None:
+            channel.flush_signal()
+        return int(results[R_DELIVERED])
+
+    def _count(self, results: np.ndarray) -> None:
+        counters = self.counters
+        counters["rx_dropped_no_slot"] += int(results[R_NO_SLOT])
+        counters["rx_dropped_too_big"] += int(results[R_TOO_BIG])
+        counters["rx_dropped_ring_full"] += int(results[R_RING_FULL])
+        counters["rx_packets"] += int(results[R_PACKETS])
+        counters["rx_frames"] += int(results[R_DELIVERED])
+
+    def _write(self, channel, channel_index, work, count, channel_type, blob, blob_offsets) -> None:
+        """The ranges in ``work`` to ``channel`` (None: stopped) with the kernel every packet uses."""
+        code = _write_transfer_packets(
+            *self._ring(channel), channel is None, work, count, self.set_id,
+            self._payload[channel_type], blob, blob_offsets, self.slots.slot_table,
+            self.slots.list_table, self.slots.outstanding_slots, self.slots.control_slots,
+            channel_index, self._results,
+        )
+        if code < 0:
+            self._ring_error(channel, code)
+
+    def _ring(self, channel: Channel | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The arrays of ``channel``'s host-to-guest ring (placeholders for a stopped channel)."""
+        if channel is None:
+            return self._no_ring
+        return channel.tx.header, channel.tx.data, channel.tx.state
+
+    @staticmethod
+    def _ring_error(channel: Channel, code: int) -> None:
+        # The guest broke its ring: every slot of the batch is back; the caller fail-stops.
+        raise ProtocolError(f"{channel.tx_view.name}: ring refused the receive packets (code {code})")
+
+    def _deliver_queue_faulted(
+        self, batch: FrameBatch, channel: Channel | None, channel_index: int, queue: int, with_hash: bool
+    ) -> None:
+        """``_deliver_queue_kernel`` step by step, with the armed faults applied between steps."""
+        work, results, slots = self._work, self._results, self.slots
+        frames = _gather_queue(self._verdict, batch.queue, batch.count, queue, work[W_FRAMES])
+        taken = 0
+        if 0 <= queue < MAX_QUEUES:
+            taken = take_slots(slots.slot_table, slots.list_table, queue, frames, work[W_SLOTS], 0)
+        results[R_NO_SLOT] += frames - taken
+        work[W_START, :taken] = -1
+        if taken and "straddle_page" in self._armed and self._place_straddling(batch, queue, with_hash):
             self._armed.discard("straddle_page")
             self.counters["faults_applied"] += 1
-        byte_count = np.zeros(frames.shape[0], dtype=np.int64)
-        written = _build_kernel(
-            batch.data,
-            batch.frame_capacity,
-            batch.length,
-            batch.vlan_tci,
-            batch.rx_checksum,
-            batch.hash_value,
-            batch.hash_info,
-            frames,
-            slots,
-            message_start,
-            frames.shape[0],
-            self.recv_buffer,
-            self.slots.slot_size,
-            with_hash,
-            byte_count,
+        kept = _build_and_compact(
+            batch.data, batch.frame_capacity, batch.length, batch.vlan_tci, batch.rx_checksum,
+            batch.hash_value, batch.hash_info, work, taken, self.recv_buffer, slots.slot_size,
+            with_hash, slots.slot_table, slots.list_table, slots.control_slots, results,
         )
-        if written < frames.shape[0]:
-            bad = byte_count == 0
-            self.slots.give_back(slots[bad])
-            self.counters["rx_dropped_too_big"] += int(np.count_nonzero(bad))
-            slots, byte_count, message_start = slots[~bad], byte_count[~bad], message_start[~bad]
-        offsets = np.where(message_start >= 0, message_start, slots * self.slots.slot_size)
-        delivered = 0
-        payload = self._payload[nvsp.RNDIS_CHANNEL_TYPE_DATA]
-        for first in range(0, slots.shape[0], MAX_RANGES_PER_PACKET):
-            part = slice(first, first + MAX_RANGES_PER_PACKET)
-            part_slots = slots[part]
-            ranges = np.empty(2 * part_slots.shape[0], dtype=np.uint32)
-            ranges[0::2] = byte_count[part]
-            ranges[1::2] = offsets[part]
-            self._apply_corruption(ranges)
-            header = self._packet_header(int(part_slots[0]), ranges)
-            try:
-                channel.send_raw(header, payload, defer_signal=True)
-            except RingFullError:
-                # The whole packet is dropped and its slots go straight back (host.md 2.6).
-                self.slots.give_back(part_slots)
-                self.counters["rx_dropped_ring_full"] += part_slots.shape[0]
-                log.debug("channel %d: ring full, %d frames dropped", channel_index, part_slots.shape[0])
-                continue
-            except ProtocolError:
-                # The guest broke its ring: return every slot not sent, let the caller fail-stop.
-                self.slots.give_back(slots[first:])
-                raise
-            self.slots.mark_outstanding(channel_index, part_slots)
-            self.counters["rx_packets"] += 1
-            delivered += part_slots.shape[0]
-        channel.flush_signal()
-        self.counters["rx_frames"] += delivered
-        return delivered
+        if kept:
+            self._apply_corruption(work)
+        try:
+            self._write(channel, channel_index, work, kept, nvsp.RNDIS_CHANNEL_TYPE_DATA, self._blob,
+                        self._blob_offsets)
+        finally:
+            self._count(results)
 
-    # -- helpers -----------------------------------------------------------------------------
+    # -- faults ------------------------------------------------------------------------------
 
-    def _packet_header(self, transaction_id: int, ranges: np.ndarray) -> np.ndarray:
-        """Descriptor + transfer-page header + ranges of one type-7 packet."""
-        range_count = ranges.shape[0] // 2
-        header_length = TRANSFER_PAGE_HEADER_SIZE + TRANSFER_PAGE_RANGE_SIZE * range_count
-        total = header_length + self.nvsp_message_size
-        total8 = (total + PACKET_ALIGNMENT - 1) // PACKET_ALIGNMENT
-        header = np.zeros(header_length, dtype=np.uint8)
-        header[:16] = encode_descriptor(
-            PACKET_TYPE_XFER_PAGES,
-            header_length // PACKET_ALIGNMENT,
-            total8,
-            PACKET_FLAG_COMPLETION_REQUESTED,
-            transaction_id,
-        )
-        header[16:18].view("<u2")[0] = self.set_id
-        header[20:24].view("<u4")[0] = range_count
-        header[TRANSFER_PAGE_HEADER_SIZE:].view("<u4")[:] = ranges
-        return header
-
-    def _apply_corruption(self, ranges: np.ndarray) -> None:
+    def _apply_corruption(self, work: np.ndarray) -> None:
         if "corrupt_xfer_packet" in self._armed:
             # The first range points past the end of the receive buffer.
-            ranges[1] = self.recv_buffer.shape[0]
+            work[W_OFFSETS, 0] = self.recv_buffer.shape[0]
             self._armed.discard("corrupt_xfer_packet")
             self.counters["faults_applied"] += 1
         if "corrupt_rndis_header" in self._armed:
             # The first message claims more bytes than its range holds, and a data offset past it.
-            start = int(ranges[1])
+            start = int(work[W_OFFSETS, 0])
             if start + 16 <= self.recv_buffer.shape[0]:
                 words = self.recv_buffer[start : start + 16].view("<u4")
-                words[1] = int(ranges[0]) + HV_PAGE_SIZE
+                words[1] = int(work[W_BYTES, 0]) + HV_PAGE_SIZE
                 words[2] = 0xFFFFFF00
                 self._armed.discard("corrupt_rndis_header")
                 self.counters["faults_applied"] += 1
 
-    def _place_straddling(
-        self,
-        batch: FrameBatch,
-        queue: int,
-        frames: np.ndarray,
-        slots: np.ndarray,
-        message_start: np.ndarray,
-        with_hash: bool,
-    ) -> bool:
+    def _place_straddling(self, batch: FrameBatch, queue: int, with_hash: bool) -> bool:
         """Pack the first frame's message so its 44-byte header crosses a 4 KiB page boundary,
         swapping in a free slot of the queue that has a boundary at a usable place."""
         slot_size = self.slots.slot_size
-        i = int(frames[0])
+        work = self._work
+        i = int(work[W_FRAMES, 0])
         ppis = _PPI_ELEMENT * (1 + int(batch.vlan_tci[i] >= 0) + (2 if with_hash else 0))
         needed = rndis.RNDIS_PACKET_HEADER_SIZE + ppis + int(batch.length[i])
 
@@ -735,13 +766,13 @@ class ReceivePath:
             start = boundary - 20  # 20 bytes of the header before the boundary, 24 after it
             return start if start + needed <= slot_start + slot_size else -1
 
-        start = straddling_start(int(slots[0]))
+        start = straddling_start(int(work[W_SLOTS, 0]))
         if start < 0:
             other = self.slots.take_data_matching(queue, lambda slot: straddling_start(slot) >= 0)
             if other is None:
                 return False  # stays armed for a later packet
-            self.slots.give_back([int(slots[0])])
-            slots[0] = other
+            self.slots.give_back([int(work[W_SLOTS, 0])])
+            work[W_SLOTS, 0] = other
             start = straddling_start(other)
-        message_start[0] = start
+        work[W_START, 0] = start
         return True

@@ -20,6 +20,14 @@ way (host#63: a guest that never signals sees no TX processed):
   VERSION; subchannels rescinded; host#66). The peer process of each connection (SO_PEERCRED)
   is the guest whose own memory backs GPAs outside the shared regions (``host.procmem``).
 
+While frames flow the loop does not sleep: for ``busy_poll_s`` after a service read something
+or a backend delivered frames, it scans again at once. A service handles at most
+``service_budget`` frames; a channel it leaves with data keeps its mask set (so the guest does
+not signal) and is serviced again on the next turn without a signal, and each backend is polled
+for up to ``BACKEND_BATCHES_PER_TURN`` batches, so one busy ring cannot starve the others or
+overflow a vswitch port. Sub-millisecond waits are slept, not given to epoll (which counts in
+milliseconds).
+
 Backends with a descriptor are waited on with ``selectors``; the others are polled once per
 loop. ``tick(now)`` runs every loop. SIGINT and SIGTERM stop the loop; ``close`` removes the
 tree and every shared file (host#67: subchannels before primaries).
@@ -139,12 +147,17 @@ class HostOptions:
     sizes: MapSizes = DEFAULT_SIZES
     idle_scan_s: float = 1e-3
     idle_after_s: float = 0.2
+    busy_poll_s: float = 200e-6  # after the last work, the loop spins this long before sleeping
+    service_budget: int = 256  # frames one service() call handles before the loop moves on
     nic_module: str = "netvsc.host.nic"
     nic_extra: dict[str, Any] = field(default_factory=dict)
 
 
 # Loop period while no guest has a device open (timers only; the selector wakes on opens).
 NO_GUEST_WAIT_S = 0.05
+# poll_backend() calls per NIC and loop turn while frames keep coming: a vswitch port's queue
+# (1024 frames) drains faster than one service budget of another NIC can refill it.
+BACKEND_BATCHES_PER_TURN = 4
 
 
 class _Nic:
@@ -230,6 +243,9 @@ class HostServer:
         self._int_words_out = np.zeros(0, dtype=np.uint32)
         self._group_out = np.zeros(MONITOR_GROUP_COUNT, dtype=np.uint32)
         self._last_activity = 0.0
+        self._last_work = -1.0  # when a service or a backend poll last moved anything
+        # Channels a budgeted service left with data: serviced again without a signal.
+        self._unfinished: set[tuple[_Nic, int]] = set()
         self._vswitch: Any = None
         self.tree.create()
         try:
@@ -263,8 +279,10 @@ class HostServer:
             for mac in options.macs:
                 if len(mac) != 6 or mac[0] & 1:
                     raise ConfigError("mac", mac.hex(":"), "a 6-byte unicast MAC address")
-        if options.idle_scan_s < 0 or options.idle_after_s < 0:
+        if options.idle_scan_s < 0 or options.idle_after_s < 0 or options.busy_poll_s < 0:
             raise ConfigError("idle scan", options.idle_scan_s, "non-negative seconds")
+        if options.service_budget < 1:
+            raise ConfigError("service budget", options.service_budget, "at least 1 frame")
 
     def _make_backend(self, index: int) -> Backend:
         spec = self.options.backend
@@ -300,7 +318,10 @@ class HostServer:
 
     def _new_netvsp(self, nic: _Nic) -> Any:
         nic.netvsp_used = False
-        return self.nic_module.NetVsp(nic.config, nic.device, nic.backend, clock=self.clock)
+        netvsp = self.nic_module.NetVsp(nic.config, nic.device, nic.backend, clock=self.clock)
+        if hasattr(netvsp, "service_budget"):
+            netvsp.service_budget = self.options.service_budget
+        return netvsp
 
     # -- channel open / close (uio open socket) ---------------------------------------------
 
@@ -390,7 +411,11 @@ class HostServer:
         self._int_words_out = np.zeros(len(words), dtype=np.uint32)
 
     def scan_interval(self, now: float) -> float:
-        """Seconds until the next monitor-page scan: the smallest latency any open guest asked for."""
+        """Seconds until the next monitor-page scan: none while a channel is unfinished or work
+        was done in the last ``busy_poll_s`` (the loop spins while frames flow), otherwise the
+        smallest latency any open guest asked for."""
+        if self._unfinished or now - self._last_work < self.options.busy_poll_s:
+            return 0.0
         latency = None
         for monitor_id in self._monitor_targets:
             units = int(self.monitor_latencies[monitor_id])
@@ -445,15 +470,31 @@ class HostServer:
     def _service(self, nic: _Nic, channel_index: int) -> None:
         nic.counters["service_calls"] += 1
         self._last_activity = self.clock()
+        key = (nic, channel_index)
         try:
-            nic.netvsp.service(channel_index)
+            if nic.netvsp.service(channel_index):
+                self._last_work = self._last_activity
         except ProtocolError as exc:
             nic.counters["service_errors"] += 1
             log.warning("nic %d channel %d: %s", nic.device.index, channel_index, exc)
         except Exception:
             nic.counters["service_errors"] += 1
             log.exception("nic %d channel %d: service failed", nic.device.index, channel_index)
+        if channel_index in getattr(nic.netvsp, "unfinished", ()):
+            self._unfinished.add(key)
+        else:
+            self._unfinished.discard(key)
         self._refresh_dispatch()
+
+    def _service_unfinished(self) -> None:
+        """Go on with the channels a budgeted service left with data: no signal will come for
+        them, the host keeps their mask set until their ring is empty."""
+        for key in list(self._unfinished):
+            nic, channel_index = key
+            if nic.rescinded or not nic.is_open:
+                self._unfinished.discard(key)
+                continue
+            self._service(nic, channel_index)
 
     def _irq_readable(self, nic: _Nic) -> None:
         while True:
@@ -604,7 +645,7 @@ class HostServer:
         wait = self.scan_interval(now)
         if max_wait is not None:
             wait = min(wait, max_wait)
-        for key, _events in self.selector.select(wait):
+        for key, _events in self._select(wait):
             kind, nic = key.data
             if kind == "open-listen":
                 self._accept_open(nic)
@@ -622,6 +663,7 @@ class HostServer:
                 with contextlib.suppress(KeyError, ValueError):
                     self.selector.unregister(key.fd)
         self.scan_signals()
+        self._service_unfinished()
         now = self.clock()
         for nic in self.nics:
             if nic.rescinded:
@@ -635,10 +677,23 @@ class HostServer:
                 log.exception("nic %d: tick failed", nic.device.index)
         self.loops += 1
 
+    def _select(self, wait: float) -> list:
+        """``selector.select(wait)`` with sub-millisecond waits kept: epoll rounds its timeout up
+        to whole milliseconds, which would make a 50 us monitor latency 1 ms."""
+        if not 0 < wait < 1e-3:
+            return self.selector.select(wait)
+        events = self.selector.select(0)
+        if events:
+            return events
+        time.sleep(wait)
+        return self.selector.select(0)
+
     def _poll_backend(self, nic: _Nic) -> None:
         try:
-            if nic.netvsp.poll_backend():
-                self._last_activity = self.clock()
+            for _ in range(BACKEND_BATCHES_PER_TURN):
+                if not nic.netvsp.poll_backend():
+                    break
+                self._last_activity = self._last_work = self.clock()
         except Exception:
             nic.counters["backend_errors"] += 1
             log.exception("nic %d: backend poll failed", nic.device.index)

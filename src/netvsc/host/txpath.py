@@ -27,6 +27,7 @@ from numba import njit
 from netvsc.errors import ConfigError, ProtocolError
 from netvsc.fastpath import offload
 from netvsc.fastpath.atomics import copy_bytes
+from netvsc.fastpath.borrow import borrowed
 from netvsc.host.backends.base import BackendOffloads
 from netvsc.host.frames import (
     TX_CSUM_IP,
@@ -43,11 +44,22 @@ from netvsc.wire.vmbus import HV_PAGE_SIZE
 if TYPE_CHECKING:
     from netvsc.host.guestmem import GuestMemory
 
-__all__ = ["DEFAULT_MAX_GPA_RANGES", "TransmitPath", "TxParseResult", "apply_software_offloads"]
+__all__ = [
+    "DEFAULT_MAX_GPA_RANGES",
+    "MAX_MESSAGES_PER_PACKET",
+    "TransmitPath",
+    "TxParseResult",
+    "apply_software_offloads",
+    "software_work_needed",
+    "stream_to_batch",
+]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_GPA_RANGES = 32  # DESIGN.md §7 decision 6
+# PACKET messages one VMBus packet may carry: guests are told 8 (max_packets_per_message,
+# host.md 4.2); the host takes up to twice that and fails a packet with more.
+MAX_MESSAGES_PER_PACKET = 16
 
 _PACKET_HEADER = rndis.RNDIS_PACKET_HEADER_SIZE
 _MIN_DATA_OFFSET = rndis.RNDIS_PACKET_MIN_DATA_OFFSET
@@ -85,7 +97,11 @@ _REASONS = {
     -11: "LSO PPI not LSOv2, MSS 0, or TCP header outside the frame",
     -12: "frame larger than a batch slot",
     -13: "checksum request without IPv4 or IPv6",
+    -14: f"more than {MAX_MESSAGES_PER_PACKET} messages in one packet, or more than a batch holds",
 }
+# Not errors of the guest: what ``stream_to_batch`` could not do for its caller.
+ERR_NEEDS_LSO = -15  # an LSO frame and the caller asked for none
+ERR_NO_ROOM = -16  # fewer free frames in the batch than messages in the stream
 
 
 @dataclass
@@ -271,6 +287,44 @@ def _append_kernel(
     return count
 
 
+@njit(nogil=True, cache=True)
+def stream_to_batch(
+    stream, stream_length, range_ends, frame_capacity, meta, allow_lso,
+    data, length, vlan_tci, tx_flags, l4_offset, mss, queue, rx_checksum, hash_value, hash_info,
+    first, channel_index,
+):
+    """The PACKET messages of one send's RNDIS stream, validated (``_parse_kernel``), appended to
+    the batch arrays from frame ``first``: the one path from RNDIS bytes to frames. Returns the
+    frames appended, a parse error (``_REASONS``), ``ERR_NEEDS_LSO`` or ``ERR_NO_ROOM``; on any
+    negative result nothing is appended."""
+    # No reference counting inside the call (fastpath/borrow.py).
+    stream, range_ends, meta, data = borrowed(stream), borrowed(range_ends), borrowed(meta), borrowed(data)
+    length, vlan_tci, tx_flags = borrowed(length), borrowed(vlan_tci), borrowed(tx_flags)
+    l4_offset, mss, queue = borrowed(l4_offset), borrowed(mss), borrowed(queue)
+    rx_checksum, hash_value, hash_info = borrowed(rx_checksum), borrowed(hash_value), borrowed(hash_info)
+    count = _parse_kernel(stream, stream_length, range_ends, frame_capacity, meta)
+    if count < 0:
+        return count
+    if count > MAX_MESSAGES_PER_PACKET or count > length.shape[0]:
+        return -14
+    if not allow_lso:
+        for k in range(count):
+            if meta[k, _M_FLAGS] & TX_LSO:
+                return ERR_NEEDS_LSO
+    if count > length.shape[0] - first:
+        return ERR_NO_ROOM
+    appended = _append_kernel(
+        stream, meta, count, data, frame_capacity, length, vlan_tci, tx_flags, l4_offset, mss, queue,
+        first, channel_index,
+    )
+    for index in range(first, first + appended):
+        # Receive-side metadata does not apply to transmitted frames.
+        rx_checksum[index] = 0
+        hash_value[index] = 0
+        hash_info[index] = 0
+    return appended
+
+
 class TransmitPath:
     """Guest -> host RNDIS stream (host.md 3.1-3.4)."""
 
@@ -394,49 +448,42 @@ class TransmitPath:
             return TxParseResult("control", nvsp.NVSP_STATUS_SUCCESS, control_message=message)
         # Each message is at least a 44-byte header plus one byte of data.
         meta = np.zeros((stream.shape[0] // (_PACKET_HEADER + 1) + 1, _META_COLUMNS), dtype=np.int64)
-        range_ends = np.array(ends, dtype=np.int64)
-        count = int(_parse_kernel(stream, stream.shape[0], range_ends, batch.frame_capacity, meta))
-        if count < 0:
-            return _error(_REASONS.get(count, f"error {count}"))
-        room = batch.capacity - batch.count
-        if count > batch.capacity:
-            return _error(f"{count} messages in one packet, more than a batch of {batch.capacity} holds")
-        if count > room:
-            raise ConfigError(
-                "batch free frames", room, f"at least {count}: flush the batch and parse the packet again"
-            )
         appended = int(
-            _append_kernel(
+            stream_to_batch(
                 stream,
-                meta,
-                count,
-                batch.data,
+                stream.shape[0],
+                np.array(ends, dtype=np.int64),
                 batch.frame_capacity,
+                meta,
+                True,
+                batch.data,
                 batch.length,
                 batch.vlan_tci,
                 batch.tx_flags,
                 batch.l4_offset,
                 batch.mss,
                 batch.queue,
+                batch.rx_checksum,
+                batch.hash_value,
+                batch.hash_info,
                 batch.count,
                 channel_index,
             )
         )
-        # Receive-side metadata does not apply to transmitted frames.
-        new = slice(batch.count, batch.count + appended)
-        batch.rx_checksum[new] = 0
-        batch.hash_value[new] = 0
-        batch.hash_info[new] = 0
+        if appended == ERR_NO_ROOM:
+            raise ConfigError(
+                "batch free frames",
+                batch.capacity - batch.count,
+                "room for every message: flush the batch and parse the packet again",
+            )
+        if appended < 0:
+            return _error(_REASONS.get(appended, f"error {appended}"))
         batch.count += appended
         return TxParseResult("data", nvsp.NVSP_STATUS_SUCCESS, frames=appended)
 
 
-def apply_software_offloads(batch: FrameBatch, offloads: BackendOffloads, out: FrameBatch) -> int:
-    """Copy ``batch``'s frames into ``out`` (appending), doing in software the offloads
-    ``offloads`` does not claim: IPv4 header, TCP and UDP checksums, LSO segmentation (with
-    per-segment checksums) and VLAN insertion. Offloads the backend claims stay requested in
-    the frames' flags. Returns the number of input frames dropped (headers that do not allow
-    the work, or no room in ``out``)."""
+def _software_mask(offloads: BackendOffloads) -> int:
+    """The offloads the host does in software for a backend: those it does not claim."""
     do_mask = 0
     if not offloads.ipv4_checksum:
         do_mask |= TX_CSUM_IP
@@ -448,6 +495,27 @@ def apply_software_offloads(batch: FrameBatch, offloads: BackendOffloads, out: F
         do_mask |= TX_LSO
     if not offloads.vlan_insert:
         do_mask |= offload.DO_VLAN_INSERT
+    return do_mask
+
+
+def software_work_needed(batch: FrameBatch, offloads: BackendOffloads) -> bool:
+    """Whether ``apply_software_offloads`` would change any frame of ``batch`` (else the batch
+    can be transmitted as it is)."""
+    return bool(
+        offload.software_work_needed(
+            batch.frame_capacity, batch.length, batch.vlan_tci, batch.tx_flags, batch.count,
+            _software_mask(offloads),
+        )
+    )
+
+
+def apply_software_offloads(batch: FrameBatch, offloads: BackendOffloads, out: FrameBatch) -> int:
+    """Copy ``batch``'s frames into ``out`` (appending), doing in software the offloads
+    ``offloads`` does not claim: IPv4 header, TCP and UDP checksums, LSO segmentation (with
+    per-segment checksums) and VLAN insertion. Offloads the backend claims stay requested in
+    the frames' flags. Returns the number of input frames dropped (headers that do not allow
+    the work, or no room in ``out``)."""
+    do_mask = _software_mask(offloads)
     stats = np.zeros(offload.STAT_WORDS, dtype=np.int64)
     first = out.count
     out.count = int(

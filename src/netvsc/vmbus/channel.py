@@ -131,9 +131,7 @@ class Channel:
         if packet is None:
             return None
         # Give the space back at once: the writer may be blocked on it (3.9).
-        if self.rx.commit():
-            self.signals_sent += 1
-            self._signal()
+        self.commit()
         fields = packet[:8].view("<u2")
         packet_type, hlen8, flags = int(fields[0]), int(fields[1]), int(fields[3])
         transaction_id = int(packet[8:16].view("<u8")[0])
@@ -145,3 +143,10 @@ class Channel:
             packet[PACKET_DESCRIPTOR_SIZE:header_end].tobytes(),
             packet[header_end:].tobytes(),
         )
+
+    def commit(self) -> None:
+        """Give back the space of what was read since the last commit, and signal the peer if it
+        waits for that space (3.9). For readers that consume packets with the ring kernels."""
+        if self.rx.commit():
+            self.signals_sent += 1
+            self._signal()

@@ -23,6 +23,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from netvsc.fastpath.atomics import copy_bytes
+from netvsc.fastpath.borrow import borrowed
 from netvsc.fastpath.checksum import fold_checksum
 from netvsc.fastpath.offload import (
     ETH_HEADER,
@@ -84,6 +86,9 @@ def prepare_tap_tx(data, frame_capacity, length, tx_flags, mss, vlan_tci, count,
     IPv4 header (and the lengths LSO leaves zero) are done here: a TAP has no offload for
     them. A VLAN tag to insert (``vlan_tci >= 0``) shifts every offset by 4.
     """
+    # No reference counting inside the call (fastpath/borrow.py).
+    data, length, tx_flags, mss = borrowed(data), borrowed(length), borrowed(tx_flags), borrowed(mss)
+    vlan_tci, vnet, parsed = borrowed(vlan_tci), borrowed(vnet), borrowed(parsed)
     limit = min(count, length.shape[0], tx_flags.shape[0], mss.shape[0], vlan_tci.shape[0], vnet.shape[0])
     ok = np.zeros(limit, dtype=np.uint8)
     for i in range(limit):
@@ -167,6 +172,9 @@ def tap_rx_checksums(data, frame_capacity, length, rx_checksum, vnet_flags, firs
     host's receive path verifies it. Frames may still carry their 802.1Q tag: the receive path
     strips it later, exactly once.
     """
+    # No reference counting inside the call (fastpath/borrow.py).
+    data, length, rx_checksum = borrowed(data), borrowed(length), borrowed(rx_checksum)
+    vnet_flags, parsed = borrowed(vnet_flags), borrowed(parsed)
     end = min(first + count, length.shape[0], rx_checksum.shape[0])
     for i in range(first, end):
         rx_checksum[i] = 0
@@ -227,6 +235,11 @@ def queue_push(
     A full queue or a frame longer than a queue slot drops the frame (counted in q_state).
     Returns how many were queued.
     """
+    # No reference counting inside the call (fastpath/borrow.py).
+    src_data, src_length, src_vlan = borrowed(src_data), borrowed(src_length), borrowed(src_vlan)
+    src_checksum, egress, q_data = borrowed(src_checksum), borrowed(egress), borrowed(q_data)
+    q_length, q_vlan, q_checksum = borrowed(q_length), borrowed(q_vlan), borrowed(q_checksum)
+    q_state = borrowed(q_state)
     slots = q_length.shape[0]
     queued = 0
     limit = min(count, src_length.shape[0], src_vlan.shape[0], src_checksum.shape[0], egress.shape[0])
@@ -246,7 +259,7 @@ def queue_push(
         if at + frame_len > q_data.shape[0]:
             q_state[Q_DROPPED_OVERSIZE] += 1
             continue
-        q_data[at : at + frame_len] = src_data[start : start + frame_len]
+        copy_bytes(q_data, at, src_data, start, frame_len)
         q_length[slot] = frame_len
         q_vlan[slot] = src_vlan[i]
         q_checksum[slot] = src_checksum[i]
@@ -296,6 +309,13 @@ def queue_pop(
     limit,
 ):
     """Move up to ``limit`` queued frames into batch slots ``first..``; returns how many."""
+    # No reference counting inside the call (fastpath/borrow.py).
+    q_data, q_length, q_vlan = borrowed(q_data), borrowed(q_length), borrowed(q_vlan)
+    q_checksum, q_state, dst_data = borrowed(q_checksum), borrowed(q_state), borrowed(dst_data)
+    dst_length, dst_vlan, dst_checksum = borrowed(dst_length), borrowed(dst_vlan), borrowed(dst_checksum)
+    dst_tx_flags, dst_l4_offset = borrowed(dst_tx_flags), borrowed(dst_l4_offset)
+    dst_mss, dst_hash_value = borrowed(dst_mss), borrowed(dst_hash_value)
+    dst_hash_info, dst_queue = borrowed(dst_hash_info), borrowed(dst_queue)
     slots = q_length.shape[0]
     moved = 0
     while moved < limit and q_state[Q_COUNT] > 0:
@@ -311,7 +331,7 @@ def queue_pop(
         if frame_len > dst_capacity or to + frame_len > dst_data.shape[0] or at + frame_len > q_data.shape[0]:
             q_state[Q_DROPPED_OVERSIZE] += 1
             continue
-        dst_data[to : to + frame_len] = q_data[at : at + frame_len]
+        copy_bytes(dst_data, to, q_data, at, frame_len)
         _set_rx_metadata(
             dst_length, dst_vlan, dst_checksum, dst_tx_flags, dst_l4_offset, dst_mss, dst_hash_value,
             dst_hash_info, dst_queue, index, frame_len, q_vlan[slot], q_checksum[slot],
@@ -348,6 +368,13 @@ def pool_copy(
     in the batch, and pool positions used (copied + skipped), so the caller's cursor moves
     past a frame that can never fit instead of stalling on it.
     """
+    # No reference counting inside the call (fastpath/borrow.py).
+    pool_data, pool_offset, pool_length = borrowed(pool_data), borrowed(pool_offset), borrowed(pool_length)
+    pool_vlan, pool_checksum, dst_data = borrowed(pool_vlan), borrowed(pool_checksum), borrowed(dst_data)
+    dst_length, dst_vlan, dst_checksum = borrowed(dst_length), borrowed(dst_vlan), borrowed(dst_checksum)
+    dst_tx_flags, dst_l4_offset = borrowed(dst_tx_flags), borrowed(dst_l4_offset)
+    dst_mss, dst_hash_value = borrowed(dst_mss), borrowed(dst_hash_value)
+    dst_hash_info, dst_queue = borrowed(dst_hash_info), borrowed(dst_queue)
     pool_size = pool_length.shape[0]
     copied = 0
     consumed = 0
@@ -369,7 +396,7 @@ def pool_copy(
             or at + frame_len > pool_data.shape[0]
         ):
             continue
-        dst_data[to : to + frame_len] = pool_data[at : at + frame_len]
+        copy_bytes(dst_data, to, pool_data, at, frame_len)
         _set_rx_metadata(
             dst_length, dst_vlan, dst_checksum, dst_tx_flags, dst_l4_offset, dst_mss, dst_hash_value,
             dst_hash_info, dst_queue, index, frame_len, pool_vlan[frame], pool_checksum[frame],
@@ -410,13 +437,19 @@ def switch_forward(data, frame_capacity, length, count, ingress_port, mac_keys, 
     egress[i] = a port, EGRESS_FLOOD (unknown unicast, broadcast, multicast) or EGRESS_DROP
     (runt, or destination learned on the ingress port: never sent back where it came from).
     ``mac_keys`` size is a power of two; a full table learns nothing more (frames flood).
+    Returns the number of frames dropped.
     """
+    # No reference counting inside the call (fastpath/borrow.py).
+    data, length, mac_keys = borrowed(data), borrowed(length), borrowed(mac_keys)
+    mac_ports, egress = borrowed(mac_ports), borrowed(egress)
     limit = min(count, length.shape[0], egress.shape[0])
+    dropped = 0
     for i in range(limit):
         start = np.int64(i) * frame_capacity
         frame_len = np.int64(length[i])
         if frame_len < ETH_HEADER or frame_len > frame_capacity or start + frame_len > data.shape[0]:
             egress[i] = EGRESS_DROP
+            dropped += 1
             continue
         source = _mac_at(data, start + 6)
         if (data[start + 6] & 1) == 0:  # a group address is never learned
@@ -432,5 +465,7 @@ def switch_forward(data, frame_capacity, length, count, ingress_port, mac_keys, 
             egress[i] = EGRESS_FLOOD
         elif mac_ports[slot] == ingress_port:
             egress[i] = EGRESS_DROP
+            dropped += 1
         else:
             egress[i] = mac_ports[slot]
+    return dropped

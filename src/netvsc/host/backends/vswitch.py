@@ -91,7 +91,7 @@ class VSwitch:
         self, ingress: VSwitchPort, batch: FrameBatch, rx_checksum: np.ndarray, egress: np.ndarray
     ) -> None:
         with self.lock:
-            fk.switch_forward(
+            ingress.tx_dropped += fk.switch_forward(
                 batch.data,
                 batch.frame_capacity,
                 batch.length,
@@ -101,7 +101,6 @@ class VSwitch:
                 self.mac_ports,
                 egress,
             )
-            ingress.tx_dropped += int(np.count_nonzero(egress[: batch.count] == fk.EGRESS_DROP))
             for port in self.ports.values():
                 if port is ingress:
                     continue
