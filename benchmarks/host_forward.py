@@ -207,6 +207,7 @@ R_SIGNAL = 3  # a commit freed space a blocked host asked for: signal it
 R_DONE = 4  # completion ids in ``done`` from the last drain call
 R_POSTED = 5
 R_LAST_RANGE = 6  # the last range received as its ring bytes: offset << 32 | byte count
+R_LOOPS = 7  # turns of the process-mode stand-in
 R_WORDS = 8
 
 
@@ -287,7 +288,9 @@ def guest_loop(
     base = sends - free_count
     for i in range(free_count):
         free[i] = free[base + i]
+    outstanding = np.zeros(sends, dtype=np.uint8)  # a completion frees only what is out
     while atomic_load_u32(stop, 0) == 0:
+        results[R_LOOPS] += 1
         posted = 0
         while free_count > 0 and posted < burst:
             first = free[free_count - 1]
@@ -300,6 +303,7 @@ def guest_loop(
                 )
             if written <= 0:
                 break
+            outstanding[first] = 1
             free_count -= 1
             posted += 1
         results[R_POSTED] += posted
@@ -309,7 +313,8 @@ def guest_loop(
               comp_offsets, comp_tids, done, results)
         for k in range(results[R_DONE]):
             tid = done[k]
-            if 1 <= tid <= sends:
+            if 1 <= tid <= sends and outstanding[tid - 1]:
+                outstanding[tid - 1] = 0
                 free[free_count] = tid - 1
                 free_count += 1
         if results[R_SIGNAL]:
@@ -406,15 +411,16 @@ class Testbed:
         drain(*rings.rx, *rings.tx, self.scratch, self.scratch_offsets, self.comp_blob,
               self.comp_offsets, self.tids, self.done, self.results)
 
-    def host_round(self) -> int:
-        """The host's work for one round, timed: ns."""
+    def host_round(self) -> tuple[int, int]:
+        """The host's work for one round, timed: (wall ns, this thread's CPU ns). The CPU time
+        leaves out what other processes of a shared machine take from us."""
         first, second = self.netvsps
-        start = time.perf_counter_ns()
+        start, start_cpu = time.perf_counter_ns(), time.thread_time_ns()
         first.service(0)
         while second.poll_backend():
             pass
         second.service(0)
-        return time.perf_counter_ns() - start
+        return time.perf_counter_ns() - start, time.thread_time_ns() - start_cpu
 
     def check_delivery(self) -> None:
         """Nothing dropped, and the last frame NIC 1 received is the frame NIC 0 sent."""
@@ -443,13 +449,15 @@ def run_direct(frame_size: int, tx: str, packets_per_round: int, rounds: int, wa
         bed = Testbed(Path(tmp) / "root", frame_size, tx)
         try:
             frames_before = int(bed.results[R_FRAMES])
-            host_ns = 0
+            host_ns = host_cpu_ns = 0
             for round_number in range(warmup + rounds):
                 if round_number == warmup:
-                    host_ns = 0
+                    host_ns = host_cpu_ns = 0
                     frames_before = int(bed.results[R_FRAMES])
                 bed.post(packets_per_round)
-                host_ns += bed.host_round()
+                wall, cpu = bed.host_round()
+                host_ns += wall
+                host_cpu_ns += cpu
                 bed.drain(0)
                 bed.drain(1)
             frames = int(bed.results[R_FRAMES]) - frames_before
@@ -459,7 +467,9 @@ def run_direct(frame_size: int, tx: str, packets_per_round: int, rounds: int, wa
                 "frames": frames,
                 "expected_frames": expected,
                 "host_ns": host_ns,
+                "host_cpu_ns": host_cpu_ns,
                 "ns_per_frame": host_ns / max(frames, 1),
+                "cpu_ns_per_frame": host_cpu_ns / max(frames, 1),
                 "frames_per_packet": bed.sends.frames_per_packet,
             }
         finally:
@@ -470,6 +480,14 @@ def _monitor_signal(guest: MiniGuest) -> tuple[int, int]:
     monitor_id = guest.dev.monitor_id
     group, bit = divmod(monitor_id, 32)
     return (MONITOR_PENDING_OFFSET + MONITOR_GROUP_STRIDE * group) // 4, 1 << bit
+
+
+def _die_with_parent() -> None:
+    """In the host's child process: SIGTERM when the benchmark dies (no spinning orphan)."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def run_process(frame_size: int, tx: str, seconds: float, *, latency_us: int = 50,
@@ -486,6 +504,7 @@ def run_process(frame_size: int, tx: str, seconds: float, *, latency_us: int = 5
             ["taskset", "-c", str(host_cpu), *python, "-m", "netvsc", "host", "--root", str(root),
              "--devices", "2", "--backend", "vswitch"],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            preexec_fn=_die_with_parent,
         )
         guests: list[MiniGuest] = []
         memory = None
@@ -523,6 +542,10 @@ def run_process(frame_size: int, tx: str, seconds: float, *, latency_us: int = 5
             results = np.zeros(R_WORDS, dtype=np.int64)
             stop = np.zeros(1, dtype=np.uint32)
 
+            def host_cpu_s() -> float:
+                fields = Path(f"/proc/{host.pid}/stat").read_text().rsplit(")", 1)[1].split()
+                return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
             def loop(seconds_to_run: float) -> tuple[int, float]:
                 stop[0] = 0
                 before = int(results[R_FRAMES])
@@ -538,7 +561,9 @@ def run_process(frame_size: int, tx: str, seconds: float, *, latency_us: int = 5
                 return int(results[R_FRAMES]) - before, elapsed
 
             loop(0.5)  # warm-up: compiles, fills the pipeline
+            cpu_before = host_cpu_s()
             frames, elapsed = loop(seconds)
+            host_cpu = host_cpu_s() - cpu_before
             both = request(root, "counters")["nics"]
             counters = both[1]["netvsp"]
             rate = frames / elapsed
@@ -547,9 +572,12 @@ def run_process(frame_size: int, tx: str, seconds: float, *, latency_us: int = 5
                 "seconds": elapsed,
                 "frames_per_s": rate,
                 "gbit_per_s": rate * frame_size * 8 / 1e9,
+                "host_cpu_share": host_cpu / elapsed,  # of one CPU: below 1, the host waited or was preempted
+                "host_cpu_ns_per_frame": host_cpu * 1e9 / max(frames, 1),
                 "frames_per_packet": sends.frames_per_packet,
                 "nic1_drops": {k: v for k, v in counters.items() if "dropped" in k and v},
                 "sent_frames": int(results[R_POSTED]) * sends.frames_per_packet,
+                "guest_turns": int(results[R_LOOPS]),
                 "switch_drops": sum(nic["backend"].get("rx_dropped_queue_full", 0) for nic in both),
                 "host": [nic["host"] for nic in both],
             }
@@ -601,11 +629,14 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.mode == "process":
         summary["gbit_per_s_median"] = statistics.median(r["gbit_per_s"] for r in results)
+    else:
+        summary["cpu_ns_per_frame_median"] = statistics.median(r["cpu_ns_per_frame"] for r in results)
     if args.json:
         print(json.dumps(summary, indent=2))
     elif args.mode == "direct":
-        print(f"{args.frame_size} B, {tx}: host {summary[key + '_median']:.0f} ns/frame (median of "
-              f"{len(values)}: {', '.join(f'{v:.0f}' for v in values)})")
+        print(f"{args.frame_size} B, {tx}: host {summary[key + '_median']:.0f} ns/frame wall, "
+              f"{summary['cpu_ns_per_frame_median']:.0f} ns/frame CPU (median of {len(values)}: "
+              f"{', '.join(f'{v:.0f}' for v in values)} wall)")
     else:
         print(f"{args.frame_size} B, {tx}: {summary[key + '_median'] / 1e6:.2f} Mpps, "
               f"{summary['gbit_per_s_median']:.2f} Gbit/s (median of {len(values)})")

@@ -164,6 +164,13 @@ def _ringservice() -> Any:
     return ringservice
 
 
+def _repeated(payload: bytes, copies: int) -> tuple[bytes, np.ndarray, np.ndarray]:
+    """``payload``, ``copies`` of it back to back, and the offsets of the copies (for a ring
+    write of that many packets with the same body)."""
+    blob = np.tile(np.frombuffer(payload, dtype=np.uint8), copies)
+    return payload, blob, np.arange(copies + 1, dtype=np.int64) * len(payload)
+
+
 @dataclass
 class _ChannelState:
     session: nvsp_proto.NvspSession
@@ -171,6 +178,8 @@ class _ChannelState:
     revoked: bool = False
     backlog: deque = field(default_factory=deque)  # packets that did not fit the ring
     space_requested: bool = False  # pending-send-size set on the guest's receive ring
+    # SEND_RNDIS_PACKET_COMPLETE(success) for the ring drain: (payload, repeated copies, offsets)
+    success_completions: tuple | None = None
 
     @property
     def stopped(self) -> bool:
@@ -246,7 +255,6 @@ class NetVsp:
         self._rx_batch = FrameBatch(RX_BATCH, RX_FRAME_CAPACITY)
         self._ring_drain = None  # host/ringservice.RingDrain, built on first use
         self.unfinished: set[int] = set()  # channels a budgeted service() left with data
-        self._completion_blobs: dict[int, tuple[bytes, np.ndarray, np.ndarray]] = {}
 
     @property
     def session(self) -> nvsp_proto.NvspSession:
@@ -480,7 +488,12 @@ class NetVsp:
         state = self._states[index]
         if count == 0 or state.stopped:
             return
-        payload, blob, offsets = self._success_completions(state.session, count)
+        completions = state.success_completions
+        if completions is None or completions[2].shape[0] <= count:
+            completions = state.success_completions = _repeated(
+                state.session.encode_rndis_packet_complete(nvsp.NVSP_STATUS_SUCCESS), max(count, DRAIN_BATCH)
+            )
+        payload, blob, offsets = completions
         written = 0
         if not state.backlog:
             written = self.channels[index].tx.write_inband_batch(
@@ -488,19 +501,6 @@ class NetVsp:
             )
         for transaction_id in transaction_ids[written:count]:
             self._send(index, vmbus_wire.PACKET_TYPE_COMPLETION, payload, int(transaction_id) & _U64)
-
-    def _success_completions(self, session: Any, count: int) -> tuple[bytes, np.ndarray, np.ndarray]:
-        """SEND_RNDIS_PACKET_COMPLETE(success) at the session's message size, repeated for at
-        least ``count`` packets, and the offsets of the copies (kept per message size)."""
-        size = session.host_message_size
-        cached = self._completion_blobs.get(size)
-        if cached is None or cached[2].shape[0] <= count:
-            payload = session.encode_rndis_packet_complete(nvsp.NVSP_STATUS_SUCCESS)
-            copies = max(count, DRAIN_BATCH)
-            blob = np.tile(np.frombuffer(payload, dtype=np.uint8), copies)
-            offsets = np.arange(copies + 1, dtype=np.int64) * len(payload)
-            cached = self._completion_blobs[size] = (payload, blob, offsets)
-        return cached
 
     def _handle_packet(self, index: int, packet: tuple) -> None:
         packet_type, flags, transaction_id, extension, payload = packet
@@ -1157,7 +1157,10 @@ class NetVsp:
     # -- receive: backend -> guest ---------------------------------------------------------------
 
     def poll_backend(self) -> bool:
-        """Pull frames from the backend and deliver them (filter, RSS, slots in ReceivePath)."""
+        """Pull frames from the backend and deliver them (filter, RSS, slots in ReceivePath).
+        Returns whether any reached the guest: frames all dropped (filter, no slot, a full ring)
+        are no reason for the server to keep polling without a pause (host.md 2.6: the backend
+        then drops)."""
         if self._closed:
             return False
         link = bool(getattr(self.backend, "link_up", True))
@@ -1187,7 +1190,7 @@ class NetVsp:
         )
         self.counts["rx_frames_delivered"] += delivered
         self._flush_signals()
-        return True
+        return delivered > 0
 
     # -- timers ----------------------------------------------------------------------------------
 

@@ -91,7 +91,7 @@ _PASS = 0
 _FILTERED = 1
 _RUNT = 2
 _TOO_BIG = 3
-
+_STRIPPED = 4  # the slot of ``verdicts`` after the verdict counts
 # Rows of the per-batch work array: frame index, slot, message start (-1: the slot's layout),
 # message length (the range's byte count), range offset.
 W_FRAMES, W_SLOTS, W_START, W_BYTES, W_OFFSETS = range(5)
@@ -169,6 +169,32 @@ def _classify_kernel(
             verdict[i] = _FILTERED
     for i in range(count):
         verdicts[verdict[i]] += 1
+    return passed
+
+
+@njit(nogil=True, cache=True)
+def _prepare_kernel(
+    data, cap, length, vlan_tci, rx_checksum, queue, hash_value, hash_info, count, with_hash, mac,
+    packet_filter, slot_size, verdict, verdicts,
+):
+    """A batch from a backend made ready for its queues: tags stripped and checksums verified
+    (``receive_prepare_batch``), no queue or hash yet when RSS is off (``RssState.steer`` sets
+    them otherwise), then the filter verdicts; ``verdicts[_STRIPPED]`` counts the tags stripped.
+    Returns the frames that pass."""
+    # No reference counting inside the call (fastpath/borrow.py).
+    data, length, vlan_tci = borrowed(data), borrowed(length), borrowed(vlan_tci)
+    rx_checksum, queue = borrowed(rx_checksum), borrowed(queue)
+    hash_value, hash_info = borrowed(hash_value), borrowed(hash_info)
+    stripped = receive_prepare_batch(data, cap, length, vlan_tci, rx_checksum, count)
+    if not with_hash:
+        for i in range(min(count, queue.shape[0], hash_value.shape[0], hash_info.shape[0])):
+            queue[i] = 0
+            hash_value[i] = 0
+            hash_info[i] = 0
+    passed = _classify_kernel(
+        data, cap, length, vlan_tci, count, mac, packet_filter, slot_size, with_hash, verdict, verdicts
+    )
+    verdicts[_STRIPPED] = stripped
     return passed
 
 
@@ -480,7 +506,7 @@ class ReceivePath:
         }
         self._mac_key = b""
         self._mac = np.zeros(6, dtype=np.uint8)
-        self._verdicts = np.zeros(4, dtype=np.int64)
+        self._verdicts = np.zeros(5, dtype=np.int64)
         self._results = np.zeros(R_WORDS, dtype=np.int64)
         # Stand-ins for a stopped channel's ring (never written: the kernel is told it is stopped).
         self._no_ring = (
@@ -605,35 +631,19 @@ class ReceivePath:
             if mac_array.shape[0] != 6:
                 raise ConfigError("mac", bytes(mac).hex(":"), "6 bytes")
             self._mac, self._mac_key = mac_array.copy(), mac
-        self.counters["rx_vlan_stripped"] += int(
-            receive_prepare_batch(
-                batch.data, batch.frame_capacity, batch.length, batch.vlan_tci, batch.rx_checksum, count
-            )
-        )
         with_hash = rss is not None and rss.enabled
-        if with_hash:
-            rss.steer(batch, len(channels))
-        else:
-            batch.queue[:count] = 0
-            batch.hash_value[:count] = 0
-            batch.hash_info[:count] = 0
         if self._capacity < batch.capacity:
             self._size_scratch(batch.capacity)
         verdicts = self._verdicts
-        passed = _classify_kernel(
-            batch.data,
-            batch.frame_capacity,
-            batch.length,
-            batch.vlan_tci,
-            count,
-            self._mac,
-            packet_filter,
-            self.slots.slot_size,
-            with_hash,
-            self._verdict,
-            verdicts,
+        passed = _prepare_kernel(
+            batch.data, batch.frame_capacity, batch.length, batch.vlan_tci, batch.rx_checksum, batch.queue,
+            batch.hash_value, batch.hash_info, count, with_hash, self._mac, packet_filter,
+            self.slots.slot_size, self._verdict, verdicts,
         )
+        if with_hash:
+            rss.steer(batch, len(channels))
         counters = self.counters
+        counters["rx_vlan_stripped"] += int(verdicts[_STRIPPED])
         counters["rx_dropped_filter"] += int(verdicts[_FILTERED])
         counters["rx_dropped_runt"] += int(verdicts[_RUNT])
         counters["rx_dropped_too_big"] += int(verdicts[_TOO_BIG])

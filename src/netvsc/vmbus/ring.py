@@ -199,6 +199,8 @@ class RingWriter(_Endpoint):
 
     def take_signal(self) -> bool:
         """Whether the reader must be signalled for everything published since the last call (3.7)."""
+        if not self.state[kernels.WRITER_SIGNAL_PENDING]:
+            return False  # nothing published needs one: no kernel call (this state is private)
         return bool(kernels.ring_take_signal(self.header, self.state))
 
     def avail_write(self) -> int:
