@@ -425,6 +425,7 @@ class NetVsp:
                     return worked, True
                 if stop == ringservice.STOP_FULL:
                     continue
+                self.counts["drain_handoffs"] += 1  # the next packet is the engine's
             try:
                 packet = channel.recv()
             except ProtocolError as error:
@@ -466,6 +467,7 @@ class NetVsp:
         counts["packets_received"] += taken
         sends = drain.sends
         if sends:
+            counts["drain_sends"] += sends
             counts["nvsp_RndisPacket"] += sends
             counts["tx_packets"] += sends
             self._transmit_path().counters["tx_frames"] += drain.batch.count
