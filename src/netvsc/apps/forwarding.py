@@ -27,7 +27,6 @@ are offered again ``tx_retry`` times (DPDK's "retry" modes), then freed and coun
 from __future__ import annotations
 
 import math
-import os
 import struct
 import time
 from collections.abc import Callable, Sequence
@@ -65,9 +64,12 @@ UDP_HEADERS = 14 + 20 + 8
 
 
 def resident_kib() -> int:
-    """Resident memory of this process in KiB (``/proc/self/statm``)."""
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+    """Resident memory of this process in KiB (``VmRSS`` of ``/proc/self/status``)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
 
 
 def _ipv4(text: str, parameter: str) -> bytes:
