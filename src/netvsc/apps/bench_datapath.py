@@ -261,11 +261,13 @@ def e2e(
             engine.warm_up()
             engine.run(0.3)  # warm: rings and the switch in their steady state
             rates, rates_bits, sent_rates = [], [], []
+            received = 0
             for _ in range(runs):
                 before = [port.stats() for port in ports]
                 engine.run(seconds)
                 after = [port.stats() for port in ports]
                 elapsed = engine.elapsed
+                received += after[1].ipackets - before[1].ipackets
                 rates.append((after[1].ipackets - before[1].ipackets) / elapsed)
                 rates_bits.append((after[1].ibytes - before[1].ibytes) * 8 / elapsed)
                 sent_rates.append((after[0].opackets - before[0].opackets) / elapsed)
@@ -274,6 +276,7 @@ def e2e(
                 "mpps": round(statistics.median(rates) / 1e6, 3),
                 "gbps": round(statistics.median(rates_bits) / 1e9, 3),
                 "tx_mpps": round(statistics.median(sent_rates) / 1e6, 3),
+                "received": received,
                 "runs": runs,
                 "seconds": seconds,
                 "dropped_by_testpmd": engine.totals()["dropped"],
