@@ -285,8 +285,9 @@ if config.DISABLE_JIT:
         return np.uint64(int.from_bytes(arr[index : index + 8].tobytes(), "little"))
 
 elif config.BOUNDSCHECK:
-    # A checked slice copy, so that a bad range raises IndexError in bounds-checked test runs
-    # instead of being copied blindly by memcpy.
+    # A checked copy, so that a bad range raises IndexError in bounds-checked test runs instead
+    # of being copied blindly by memcpy. A loop, not a slice assignment: slices need numba's
+    # runtime, which the data-path kernels are compiled without (_nrt=False).
 
     @register_jitable(inline="always")
     def copy_bytes(dst, dst_start, src, src_start, nbytes):
@@ -299,7 +300,8 @@ elif config.BOUNDSCHECK:
             or (src_start + nbytes > src.shape[0])
         ):
             raise IndexError("copy_bytes: range outside an array")
-        dst[dst_start : dst_start + nbytes] = src[src_start : src_start + nbytes]
+        for k in range(nbytes):
+            dst[dst_start + k] = src[src_start + k]
 
     @register_jitable(inline="always")
     def prefetch_write(arr, index):

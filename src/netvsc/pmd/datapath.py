@@ -218,13 +218,18 @@ class QueueEngine:
         t.set(L.T_TXD_PACKETS, np.full(tx_desc, -1, dtype=np.int32))
         t.set(L.T_TXD_BYTES, np.zeros(tx_desc, dtype=np.int64))
         header_bytes = -(-tx_desc * L.TXD_HEADER_SLOT // HV_PAGE_SIZE) * HV_PAGE_SIZE
-        self._headers = allocate_dma(header_bytes, root=path.root)
+        dma_bytes = header_bytes + L.BOUNCE_SLOTS * L.BOUNCE_SLOT  # header slots, then bounce buffers
+        self._headers = allocate_dma(dma_bytes, root=path.root)
         t.set(L.T_TXD_HEADER, self._headers.array[: tx_desc * L.TXD_HEADER_SLOT])
         gpas = np.array(
-            [self._headers.gpa_of(p * HV_PAGE_SIZE) for p in range(header_bytes // HV_PAGE_SIZE)],
+            [self._headers.gpa_of(p * HV_PAGE_SIZE) for p in range(dma_bytes // HV_PAGE_SIZE)],
             dtype=np.uint64,
         )
-        t.set(L.T_TXD_HEADER_GPAS, gpas)
+        t.set(L.T_TXD_HEADER_GPAS, gpas[: header_bytes // HV_PAGE_SIZE])
+        t.set(L.T_BOUNCE, self._headers.array[header_bytes:dma_bytes])
+        t.set(L.T_BOUNCE_GPAS, gpas[header_bytes // HV_PAGE_SIZE :])
+        t.set(L.T_TXD_BOUNCE, np.full(tx_desc, -1, dtype=np.int32))
+        q[L.Q_BOUNCE_FREE] = (1 << L.BOUNCE_SLOTS) - 1
         t.set(L.T_POOLS, path.pool_registry)
         t.set(L.T_SCRATCH, np.zeros(L.SCRATCH_SIZE, dtype=np.uint8))
         t.set(L.T_GPA, np.zeros(L.GPA_MAX, dtype=np.uint64))

@@ -48,7 +48,10 @@ T_GPA_LEN = 32  # int64: their lengths
 T_EXT_DONE = 33  # int64: external buffers drained back from the pool
 T_PARSE = 34  # int64: parse_frame output
 T_CHAIN = 35  # int32: buffer indices of a chain being built (kernels allocate nothing)
-T_SLOTS = 36
+T_BOUNCE = 36  # uint8: BOUNCE_SLOTS contiguous buffers in DMA memory, for chains needing too many ranges
+T_BOUNCE_GPAS = 37  # uint64: GPA of each 4 KiB page of those buffers
+T_TXD_BOUNCE = 38  # int32: the bounce buffer a send holds until its completion (-1 none)
+T_SLOTS = 39
 
 # -- Q_* state words -----------------------------------------------------------------------------
 Q_QUEUE_ID = 0
@@ -104,6 +107,8 @@ Q_OVERSIZE_EVENTS = 48  # VMBus packets larger than T_EVENT, skipped
 Q_MAX_RANGES = 49  # GPA ranges one send may carry, the RNDIS header's included
 Q_TX_MALFORMED = 50  # packets refused: empty, or lengths that do not add up
 Q_RX_SCATTERED = 51  # frames delivered as chains (scattered RX)
+Q_BOUNCE_FREE = 52  # bit i set: bounce buffer i is free
+Q_TX_BOUNCED = 53  # packets copied into a bounce buffer (a chain needing more than MAX_GPA_RANGES)
 Q_WORDS = 64
 
 # Q_CONTROL_KIND values
@@ -125,6 +130,11 @@ SCRATCH_SIZE = 65536 + 256
 GPA_MAX = 64
 MAX_GPA_RANGES = 32  # per send, header range included (Linux's limit; spec/pmd.md 3.4)
 EXT_DONE_SIZE = 256
+# A 64 KiB frame of 2 KiB mbufs is a 35-segment chain, more ranges than one send may carry, and
+# a copy into other mbufs of the same size would need as many: such a chain is copied into one
+# of these contiguous DMA buffers instead (17 ranges at most), held until its completion.
+BOUNCE_SLOTS = 2
+BOUNCE_SLOT = 17 * 4096
 PARSE_WORDS = 16  # parse_frame output, then the PPI walk's
 
 
@@ -146,6 +156,7 @@ EXTRA_COUNTERS = {
     "oversize_events": Q_OVERSIZE_EVENTS,
     "unknown_completions": Q_UNKNOWN_COMPLETIONS,
     "tx_linearized": Q_TX_LINEARIZED,
+    "tx_bounced": Q_TX_BOUNCED,
     "tx_soft_checksum": Q_TX_SOFT_CHECKSUM,
     "tx_vlan_moved": Q_TX_VLAN_MOVED,
     "tx_chimney_fallback": Q_TX_CHIMNEY_FALLBACK,

@@ -222,6 +222,11 @@ def _deliver(table, q, ptab, recv, start, entry, info, parse):
     pool = pool_from_table(ptab)
     counters = table_array(table, L.T_RX_COUNTERS, np.int64)
     range_length = info[5]
+    if range_length < _PACKET_HEADER:
+        # pmd#62, checked before any header field is read: a short range at the end of the
+        # receive buffer would otherwise have the reads below run past the buffer.
+        counters[RX_ERRORS] += 1
+        return
     message_length = get_u32(recv, start + 4)
     data_offset = get_u32(recv, start + 8)
     data_length = get_u32(recv, start + 12)
@@ -230,8 +235,7 @@ def _deliver(table, q, ptab, recv, start, entry, info, parse):
     ppi_length = get_u32(recv, start + 32)
     # pmd#62: each check failing counts one error and drops the frame.
     if (
-        range_length < _PACKET_HEADER
-        or message_length > range_length
+        message_length > range_length
         or message_length < data_length + oob_length + ppi_length
         or data_length == 0
         or data_offset < _MIN_DATA_OFFSET

@@ -28,7 +28,7 @@ from netvsc.pmd import qlayout as L
 from netvsc.pmd.chan_kernels import flush_tx_signal, pool_table, put_u16, put_u32, put_u64, write_packet
 from netvsc.pmd.events import EVENTS_BUDGET, process_events
 from netvsc.pmd.stats import CHANNEL_FULL, ERRORS, RING_FULL, count_accepted
-from netvsc.pmd.tx_resources import chimney_take, descriptor_give, descriptor_take
+from netvsc.pmd.tx_resources import bounce_give, bounce_take, chimney_take, descriptor_give, descriptor_take
 from netvsc.wire import nvsp, rndis
 from netvsc.wire.vmbus import (
     GPA_DIRECT_HEADER_SIZE,
@@ -119,9 +119,12 @@ def _chain_valid(pool, head):
     return total == pool.pkt_len[head] and total > 0
 
 
-@njit(nogil=True, cache=True, inline="always", _nrt=False)
+@njit(nogil=True, cache=True, _nrt=False)
 def _write_at(pool, head, position, value):
-    """Store a big-endian u16 at byte ``position`` of the packet, whichever segments hold it."""
+    """Store a big-endian u16 at byte ``position`` of the packet, whichever segments hold it.
+
+    Not inline="always": numba (0.68) dropped the two stores when this was inlined into
+    _soft_udp_checksum, and large non-DF UDP went out with no checksum at all."""
     segment = head
     offset = position
     for byte in range(2):
@@ -399,6 +402,32 @@ def _linearize(ptab, chain, head):
 
 
 @njit(nogil=True, cache=True, _nrt=False)
+def _bounce_ranges(table, ptab, head, slot, out_gpa, out_len):
+    """Copy the packet into bounce buffer ``slot`` and describe it by ranges that each stay in
+    one 4 KiB page; the number of ranges, or < 0 (malformed, longer than the buffer, too many)."""
+    pool = pool_from_table(ptab)
+    area = table_array(table, L.T_BOUNCE, np.uint8)
+    page_gpas = table_array(table, L.T_BOUNCE_GPAS, np.uint64)
+    base = np.int64(slot) * L.BOUNCE_SLOT
+    length = _copy_out(pool, head, area, base, min(L.BOUNCE_SLOT, area.shape[0] - base))
+    if length <= 0:
+        return -2
+    ranges = 0
+    position = base
+    end = base + length
+    while position < end:
+        in_page = position & (HV_PAGE_SIZE - 1)
+        chunk = min(HV_PAGE_SIZE - in_page, end - position)
+        if ranges >= out_gpa.shape[0]:
+            return -1
+        out_gpa[ranges] = page_gpas[position >> HV_PAGE_SHIFT] + np.uint64(in_page)
+        out_len[ranges] = chunk
+        ranges += 1
+        position += chunk
+    return ranges
+
+
+@njit(nogil=True, cache=True, _nrt=False)
 def _send_gpa(table, q, ptab, pool_slot, head, d, frame_length, ppis):
     """pmd#74: the RNDIS header from the descriptor's slot, then the frame's pages."""
     pool = pool_from_table(ptab)
@@ -410,6 +439,17 @@ def _send_gpa(table, q, ptab, pool_slot, head, d, frame_length, ppis):
     limit = min(q[L.Q_MAX_RANGES], gpas.shape[0])
     sent_head = head
     ranges = mp.mp_gpa_ranges(pool, head, gpas[1:limit], lengths[1:limit])
+    bounce = -1
+    if ranges == -1:
+        # More ranges than one send may carry (a 64 KiB LSO frame of 2 KiB mbufs): a contiguous
+        # copy needs 17 at most. With no bounce buffer free, the copy into fewer mbufs below is
+        # the last resort.
+        bounce = bounce_take(q)
+        if bounce >= 0:
+            ranges = _bounce_ranges(table, ptab, head, bounce, gpas[1:limit], lengths[1:limit])
+            if ranges < 0:
+                bounce_give(q, bounce)
+                bounce = -1
     if ranges < 0:
         sent_head = _linearize(ptab, table_array(table, L.T_CHAIN, np.int32), head)
         if sent_head < 0:
@@ -460,14 +500,24 @@ def _send_gpa(table, q, ptab, pool_slot, head, d, frame_length, ppis):
             counters[ERRORS] += 1
         if sent_head != head:
             mp.mp_free(pool, sent_head)
+        bounce_give(q, bounce)
         descriptor_give(table, q, d)
         return _STOP  # not consumed: the caller still owns the packet
-    table_array(table, L.T_TXD_MBUF, np.int32)[d] = sent_head
     table_array(table, L.T_TXD_POOL, np.int32)[d] = pool_slot
     table_array(table, L.T_TXD_PACKETS, np.int32)[d] = 1
     table_array(table, L.T_TXD_BYTES, np.int64)[d] = frame_length
+    counters = table_array(table, L.T_TX_COUNTERS, np.int64)
+    if bounce >= 0:
+        # The host reads the bounce buffer (held until the completion); the mbuf is done.
+        table_array(table, L.T_TXD_BOUNCE, np.int32)[d] = bounce
+        q[L.Q_TX_BOUNCED] += 1
+        count_accepted(counters, table_array(table, L.T_BOUNCE, np.uint8), np.int64(bounce) * L.BOUNCE_SLOT,
+                       frame_length)
+        mp.mp_free(pool, head)
+        return _SENT
+    table_array(table, L.T_TXD_MBUF, np.int32)[d] = sent_head
     memory, start = _segment_source(pool, sent_head)
-    count_accepted(table_array(table, L.T_TX_COUNTERS, np.int64), memory, start, frame_length)
+    count_accepted(counters, memory, start, frame_length)
     if sent_head != head:
         mp.mp_free(pool, head)  # the copy is what the host reads
     return _SENT

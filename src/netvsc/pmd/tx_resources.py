@@ -57,6 +57,7 @@ def descriptor_take(table, q):
     q[L.Q_TXD_FREE_TOP] = top
     table_array(table, L.T_TXD_MBUF, np.int32)[d] = -1
     table_array(table, L.T_TXD_CHIMNEY, np.int32)[d] = -1
+    table_array(table, L.T_TXD_BOUNCE, np.int32)[d] = -1
     table_array(table, L.T_TXD_PACKETS, np.int32)[d] = 0
     table_array(table, L.T_TXD_BYTES, np.int64)[d] = 0
     return d
@@ -71,11 +72,29 @@ def descriptor_give(table, q, d):
 
 
 @njit(nogil=True, cache=True, _nrt=False)
+def bounce_take(q):
+    """A free bounce buffer of the queue (qlayout.BOUNCE_SLOTS of them), or -1."""
+    free = q[L.Q_BOUNCE_FREE]
+    for slot in range(L.BOUNCE_SLOTS):
+        if free & (1 << slot):
+            q[L.Q_BOUNCE_FREE] = free & ~(1 << slot)
+            return slot
+    return -1
+
+
+@njit(nogil=True, cache=True, _nrt=False)
+def bounce_give(q, slot):
+    if 0 <= slot < L.BOUNCE_SLOTS:
+        q[L.Q_BOUNCE_FREE] |= 1 << slot
+
+
+@njit(nogil=True, cache=True, _nrt=False)
 def release_descriptor(table, q, d):
-    """Return what a send held: its chimney section, its mbuf, then the descriptor."""
+    """Return what a send held: its chimney section or bounce buffer, its mbuf, the descriptor."""
     section = table_array(table, L.T_TXD_CHIMNEY, np.int32)[d]
     if section >= 0:
         chimney_give(table, section)
+    bounce_give(q, table_array(table, L.T_TXD_BOUNCE, np.int32)[d])
     head = table_array(table, L.T_TXD_MBUF, np.int32)[d]
     if head >= 0:
         mp.mp_free(pool_at(table, table_array(table, L.T_TXD_POOL, np.int32)[d]), head)
