@@ -114,7 +114,8 @@ def test_vanished_host_does_not_hang_close(tmp_path):
     host = start_host(tmp_path / "root")
     ports = Ports(host)
     try:
-        port = ports.open(timeout=0.3)
+        port = ports.open(timeout=30)  # a host with a cold numba cache is slow to answer at first
+        port.control.timeout = 0.3  # then every request's deadline is short
         host.proc.kill()
         host.proc.wait(5)
         with pytest.raises(ControlTimeout):

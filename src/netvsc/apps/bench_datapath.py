@@ -61,7 +61,8 @@ RX_STAGING = 4096  # RX descriptors (the staging ring) of the receive measuremen
 RX_HOST_ARGS = ("--recv-buffer-size", "7M")  # 4096 slots of 1792 bytes (256 + MTU 1500 + 36)
 PREFILL_STABLE_READS = 3
 PREFILL_POLL_S = 0.02
-PREFILL_TIMEOUT_S = 10.0
+WARMUP_TIMEOUT_S = 120.0  # a cold numba cache: the host compiles at its first send
+PREFILL_TIMEOUT_S = 120.0  # as long as a host compiling with a cold cache may need
 TX_FULL_SLEEP_S = 20e-6
 ETH_P_BENCH = 0x88B5  # IEEE local experimental ethertype: no stack in the namespace handles it
 SOL_PACKET = 263
@@ -85,13 +86,14 @@ def _devargs(*parts: str) -> str:
 # -- driver receive ---------------------------------------------------------------------------
 
 
-def _wait_prefilled(host: EmbeddedHost, nic: int = 0) -> int:
-    """Wait until the host stops delivering frames (every slot used); frames delivered so far."""
+def _wait_prefilled(host: EmbeddedHost, nic: int = 0, after: int = 0) -> int:
+    """Wait until the host has delivered frames beyond ``after`` (the count before the last
+    drain) and then stops (every slot used); returns the frames delivered so far."""
     deadline = time.monotonic() + PREFILL_TIMEOUT_S
     last, stable = -1, 0
     while time.monotonic() < deadline:
         delivered = int(host.counters(nic)["netvsp"].get("rx_frames_delivered", 0))
-        stable = stable + 1 if delivered == last and delivered > 0 else 0
+        stable = stable + 1 if delivered == last and delivered > after else 0
         if stable >= PREFILL_STABLE_READS:
             return delivered
         last = delivered
@@ -119,8 +121,10 @@ def _rx_runs(host: EmbeddedHost, mode: str, runs: int, burst: int, frame_size: i
         rx_burst = port.rx_burst
         free_burst = fk.free_burst
         missed_before = 0
+        prefilled = 0  # frames the host had delivered when the last run started
         for run in range(runs + 1):  # run 0 compiles the kernels and is not counted
-            _wait_prefilled(host)
+            # Refilled after the last drain (a slow host may not have started yet).
+            prefilled = _wait_prefilled(host, after=prefilled)
             if run == 1:
                 missed_before = port.stats().imissed
             received = 0
@@ -187,7 +191,12 @@ def _tx_runs(host: EmbeddedHost, mode: str, runs: int, seconds: float, burst: in
             sent = 0
             cpu_start, wall_start = time.thread_time_ns(), time.perf_counter_ns()
             end = time.perf_counter() + (seconds if run else 0.1)
-            while time.perf_counter() < end:
+            # Run 0 also waits for the host's first completions (a host that is still compiling
+            # its kernels would leave the measured runs facing a full ring).
+            warm_deadline = time.perf_counter() + WARMUP_TIMEOUT_S
+            while time.perf_counter() < end or (
+                not run and port.stats().opackets == 0 and time.perf_counter() < warm_deadline
+            ):
                 if not batch.count:
                     batch.count = build_frames(ptab, indices, burst, template, frame_size)
                 sent += tx_burst(0, batch)
@@ -260,6 +269,10 @@ def e2e(
             engine = fw.Forwarding(ports, pool, streams, fw.ForwardConfig(txpkts=size))
             engine.warm_up()
             engine.run(0.3)  # warm: rings and the switch in their steady state
+            # ...and until frames arrive (a host compiling its kernels with a cold cache).
+            warm_deadline = time.monotonic() + WARMUP_TIMEOUT_S
+            while ports[1].stats().ipackets == 0 and time.monotonic() < warm_deadline:
+                engine.run(0.2)
             rates, rates_bits, sent_rates = [], [], []
             received = 0
             for _ in range(runs):

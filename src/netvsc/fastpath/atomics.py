@@ -29,6 +29,7 @@ __all__ = [
     "copy_bytes",
     "full_fence",
     "load_u64_le",
+    "prefetch_read",
     "prefetch_write",
 ]
 
@@ -237,6 +238,23 @@ def _prefetch_write(typingctx, arr, index):
     return types.void(arr, index), codegen
 
 
+@intrinsic
+def _prefetch_read(typingctx, arr, index):
+    if not (isinstance(arr, types.Array) and arr.ndim == 1):
+        raise TypeError("prefetch_read needs a 1-D array")
+
+    def codegen(context, builder, signature, args):
+        ptr = _element_pointer(context, builder, signature.args[0], args[0], args[1])
+        byte_pointer = builder.bitcast(ptr, cgutils.ir.IntType(8).as_pointer())
+        i32 = cgutils.ir.IntType(32)
+        function_type = cgutils.ir.FunctionType(cgutils.ir.VoidType(), [byte_pointer.type, i32, i32, i32])
+        prefetch = cgutils.get_or_insert_function(builder.module, function_type, "llvm.prefetch.p0")
+        builder.call(prefetch, [byte_pointer, i32(0), i32(3), i32(1)])  # read, all cache levels
+        return context.get_dummy_value()
+
+    return types.void(arr, index), codegen
+
+
 if config.DISABLE_JIT:
     # The interpreter has no atomics of its own, and this mode runs against a real peer in
     # another process (the emulated host): a non-atomic read-modify-write of a monitor word
@@ -278,6 +296,9 @@ if config.DISABLE_JIT:
     def prefetch_write(arr: np.ndarray, index: int) -> None:
         """A hint that ``arr[index]`` will be written soon (nothing to do when interpreted)."""
 
+    def prefetch_read(arr: np.ndarray, index: int) -> None:
+        """A hint that ``arr[index]`` will be read soon (nothing to do when interpreted)."""
+
     def load_u64_le(arr: np.ndarray, index: int) -> np.uint64:
         """The little-endian 64-bit word at ``arr[index:index+8]`` (any alignment)."""
         if index < 0 or index + 8 > arr.shape[0]:
@@ -309,6 +330,12 @@ elif config.BOUNDSCHECK:
         (a prefetch never faults, but the address must still be computed from a valid one)."""
         if 0 <= index < arr.shape[0]:
             _prefetch_write(arr, index)
+
+    @register_jitable(inline="always")
+    def prefetch_read(arr, index):
+        """A hint that ``arr[index]`` will be read soon; an index outside ``arr`` is ignored."""
+        if 0 <= index < arr.shape[0]:
+            _prefetch_read(arr, index)
 
     @register_jitable(inline="always")
     def load_u64_le(arr, index):
@@ -375,3 +402,9 @@ if not config.DISABLE_JIT:
             ignored."""
             if 0 <= index < arr.shape[0]:
                 _prefetch_write(arr, index)
+
+        @register_jitable(inline="always")
+        def prefetch_read(arr, index):
+            """A hint that ``arr[index]`` will be read soon; an index outside ``arr`` is ignored."""
+            if 0 <= index < arr.shape[0]:
+                _prefetch_read(arr, index)

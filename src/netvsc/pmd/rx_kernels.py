@@ -17,7 +17,7 @@ from numba import njit
 from netvsc.ethdev import mempool as mp
 from netvsc.ethdev.mempool import pool_from_table
 from netvsc.fastpath.addrtable import table_array
-from netvsc.fastpath.atomics import copy_bytes
+from netvsc.fastpath.atomics import copy_bytes, prefetch_read
 from netvsc.fastpath.offload import parse_frame
 from netvsc.pmd import qlayout as L
 from netvsc.pmd.chan_kernels import acknowledge, get_u16, get_u32, pool_table, put_u32
@@ -35,6 +35,8 @@ _MIN_DATA_OFFSET = rndis.RNDIS_PACKET_MIN_DATA_OFFSET
 _PPI_HEADER = rndis.PPI_HEADER_SIZE
 _ETH_HEADER = 14
 _MAILBOX_RECORD = 4  # each mailbox message: u32 length, then the bytes
+_PREFETCH_AHEAD = 2  # ranges
+_PREFETCH_BYTES = 320  # RNDIS header, PPIs and the first bytes of the frame (OpenVMM's layout)
 
 # Software packet types (DPDK's RTE_PTYPE_* values).
 PTYPE_L2_ETHER = 0x1
@@ -375,6 +377,12 @@ def on_transfer_pages(table, q, event, length, info, parse):
         base = PACKET_DESCRIPTOR_SIZE + _XFER_EXT + r * _RANGE
         range_length = get_u32(event, base)
         offset = get_u32(event, base + 4)
+        if r + _PREFETCH_AHEAD < ranges:
+            # The host wrote these lines from another core: ask for a later message's header,
+            # PPIs and frame start now, so that their cache misses overlap this one's work.
+            ahead = get_u32(event, base + _PREFETCH_AHEAD * _RANGE + 4)
+            for line in range(0, _PREFETCH_BYTES, 64):
+                prefetch_read(recv, ahead + line)
         if range_length == 0 or offset >= size or range_length > size - offset:
             q[L.Q_BAD_RANGES] += 1  # pmd#60: skipped, the other ranges still delivered
             continue
