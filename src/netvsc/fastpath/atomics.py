@@ -220,39 +220,31 @@ def _load_u64_le(typingctx, arr, index):
     return types.uint64(arr, index), codegen
 
 
-@intrinsic
-def _prefetch_write(typingctx, arr, index):
-    if not (isinstance(arr, types.Array) and arr.ndim == 1):
-        raise TypeError("prefetch_write needs a 1-D array")
+def _prefetch_intrinsic(name: str, rw: int):
+    """An intrinsic hinting that ``arr[index]`` will soon be read (rw 0) or written (rw 1); the
+    line is kept in every cache level (locality 3), data cache."""
 
-    def codegen(context, builder, signature, args):
-        ptr = _element_pointer(context, builder, signature.args[0], args[0], args[1])
-        byte_pointer = builder.bitcast(ptr, cgutils.ir.IntType(8).as_pointer())
-        i32 = cgutils.ir.IntType(32)
-        function_type = cgutils.ir.FunctionType(cgutils.ir.VoidType(), [byte_pointer.type, i32, i32, i32])
-        prefetch = cgutils.get_or_insert_function(builder.module, function_type, "llvm.prefetch.p0")
-        # rw = 1 (for a write), locality = 3 (keep in every cache level), data cache
-        builder.call(prefetch, [byte_pointer, i32(1), i32(3), i32(1)])
-        return context.get_dummy_value()
+    @intrinsic
+    def prefetch(typingctx, arr, index):
+        if not (isinstance(arr, types.Array) and arr.ndim == 1):
+            raise TypeError(f"{name} needs a 1-D array")
 
-    return types.void(arr, index), codegen
+        def codegen(context, builder, signature, args):
+            ptr = _element_pointer(context, builder, signature.args[0], args[0], args[1])
+            byte_pointer = builder.bitcast(ptr, cgutils.ir.IntType(8).as_pointer())
+            i32 = cgutils.ir.IntType(32)
+            function_type = cgutils.ir.FunctionType(cgutils.ir.VoidType(), [byte_pointer.type, i32, i32, i32])
+            function = cgutils.get_or_insert_function(builder.module, function_type, "llvm.prefetch.p0")
+            builder.call(function, [byte_pointer, i32(rw), i32(3), i32(1)])
+            return context.get_dummy_value()
+
+        return types.void(arr, index), codegen
+
+    return prefetch
 
 
-@intrinsic
-def _prefetch_read(typingctx, arr, index):
-    if not (isinstance(arr, types.Array) and arr.ndim == 1):
-        raise TypeError("prefetch_read needs a 1-D array")
-
-    def codegen(context, builder, signature, args):
-        ptr = _element_pointer(context, builder, signature.args[0], args[0], args[1])
-        byte_pointer = builder.bitcast(ptr, cgutils.ir.IntType(8).as_pointer())
-        i32 = cgutils.ir.IntType(32)
-        function_type = cgutils.ir.FunctionType(cgutils.ir.VoidType(), [byte_pointer.type, i32, i32, i32])
-        prefetch = cgutils.get_or_insert_function(builder.module, function_type, "llvm.prefetch.p0")
-        builder.call(prefetch, [byte_pointer, i32(0), i32(3), i32(1)])  # read, all cache levels
-        return context.get_dummy_value()
-
-    return types.void(arr, index), codegen
+_prefetch_read = _prefetch_intrinsic("prefetch_read", 0)
+_prefetch_write = _prefetch_intrinsic("prefetch_write", 1)
 
 
 if config.DISABLE_JIT:
