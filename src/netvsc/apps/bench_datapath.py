@@ -119,7 +119,7 @@ def _rx_runs(host: EmbeddedHost, mode: str, runs: int, burst: int, frame_size: i
         indices = batch.indices
         ptab = pool.table.table
         rx_burst = port.rx_burst
-        free_burst = fk.free_burst
+        free_burst = fk.entry("free_burst")
         missed_before = 0
         prefilled = 0  # frames the host had delivered when the last run started
         for run in range(runs + 1):  # run 0 compiles the kernels and is not counted
@@ -185,7 +185,7 @@ def _tx_runs(host: EmbeddedHost, mode: str, runs: int, seconds: float, burst: in
         indices = batch.indices
         ptab = pool.table.table
         tx_burst = port.tx_burst
-        build_frames = fk.build_frames
+        build_frames = fk.entry("build_frames")
         sleep = time.sleep
         for run in range(runs + 1):  # run 0 compiles the kernels and is not counted
             sent = 0

@@ -319,7 +319,7 @@ class Forwarding:
         retries = self.config.tx_retry
         ptab = self.pool.table.table
         indices = batch.indices
-        free_burst = fk.free_burst
+        free_burst = fk.entry("free_burst")
 
         def send() -> int:
             sent = tx_burst(queue, batch)
@@ -350,7 +350,7 @@ class Forwarding:
         send = self._sender(stream, batch) if stream.tx_port is not None else None
 
         if mode == "rxonly":
-            free_burst = fk.free_burst
+            free_burst = fk.entry("free_burst")
 
             def step() -> int:
                 n = rx_burst(rx_queue, batch)
@@ -381,7 +381,7 @@ class Forwarding:
             counters = stream.mode_counters
             mac = np.frombuffer(self.macs[stream.tx_port], dtype=np.uint8).copy()
             parse = np.zeros(fk.PARSE_FIELDS, dtype=np.int64)
-            icmp_echo = fk.icmp_echo
+            icmp_echo = fk.entry("icmp_echo")
 
             def step() -> int:
                 n = rx_burst(rx_queue, batch)
@@ -398,7 +398,7 @@ class Forwarding:
         template = self.template(stream.tx_port)
         length = c.txpkts
         if mode == "txonly":
-            build_frames = fk.build_frames
+            build_frames = fk.entry("build_frames")
 
             def step() -> int:
                 made = build_frames(ptab, indices, burst, template, length)
@@ -416,8 +416,8 @@ class Forwarding:
             state[fk.FLOW_COUNT] = c.flows
             rx_batch = PacketBatch(burst, pool)
             rx_indices = rx_batch.indices
-            free_burst = fk.free_burst
-            build_flows = fk.build_flows
+            free_burst = fk.entry("free_burst")
+            build_flows = fk.entry("build_flows")
 
             def step() -> int:
                 if rx_burst is not None:
@@ -444,12 +444,12 @@ class Forwarding:
         if stream.mode == "io":
             return None
         if stream.mode == "macswap":
-            swap_macs = fk.swap_macs
+            swap_macs = fk.entry("swap_macs")
             return lambda n: swap_macs(ptab, indices, n)
         destination = np.frombuffer(self.peers[stream.tx_port], dtype=np.uint8).copy()
         source = np.frombuffer(self.macs[stream.tx_port], dtype=np.uint8).copy()
         if stream.mode == "mac":
-            set_macs = fk.set_macs
+            set_macs = fk.entry("set_macs")
             return lambda n: set_macs(ptab, indices, n, destination, source)
         # csum: ask the port only for what it can do; compute the rest here.
         offloads = self.tx_offloads[stream.tx_port]
@@ -462,7 +462,7 @@ class Forwarding:
         stream.mode_counters = np.zeros(fk.CSUM_COUNTERS, dtype=np.int64)
         counters = stream.mode_counters
         parse = np.zeros(fk.PARSE_FIELDS, dtype=np.int64)
-        csum_prepare = fk.csum_prepare
+        csum_prepare = fk.entry("csum_prepare")
         return lambda n: csum_prepare(ptab, indices, n, destination, source, hw, counters, parse)
 
     # -- running ---------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ unboxing a tuple of arrays) and ``indices[:count]``, the head buffers of a burst
 mode's work on every packet: swap or rewrite MAC addresses, build frames from a template into
 freshly allocated buffers, vary the flows of generated frames, prepare checksum offload
 requests, answer ARP and ICMP echo requests. The forwarding loop (``apps.forwarding``) calls
-them between ``rx_burst`` and ``tx_burst``; nothing here loops per packet in Python.
+them between ``rx_burst`` and ``tx_burst``, through ``entry(name)`` (the compiled function
+without numba's per-call dispatch); nothing here loops per packet in Python.
 
 A packet's first segment may lie in the mempool or, with ``rx_extmbuf_enable``, in the
 receive buffer the host shares (an external buffer): ``_head_segment`` finds it either way and
@@ -24,6 +25,7 @@ from netvsc.ethdev.mempool import pool_from_table
 from netvsc.fastpath.addrtable import table_array
 from netvsc.fastpath.atomics import copy_bytes
 from netvsc.fastpath.checksum import fold_checksum, internet_checksum, ones_complement_sum
+from netvsc.fastpath.entry import compiled
 from netvsc.fastpath.offload import (
     ETH_HEADER,
     ETHERTYPE_IPV4,
@@ -47,6 +49,7 @@ __all__ = [
     "build_flows",
     "build_frames",
     "csum_prepare",
+    "entry",
     "free_burst",
     "icmp_echo",
     "set_macs",
@@ -372,3 +375,22 @@ def icmp_echo(ptab, indices, count, mac, counters, parse):
             counters[ECHO_DROPPED] += 1
             mp.mp_free(pool, head)
     return kept
+
+
+# What the forwarding loop passes each kernel: the pool table, int32 indices, a count, and the
+# mode's own arrays (uint8 MACs and template, int64 counters and state).
+_BURST = "int64[::1], int32[::1], int64"
+SIGNATURES = {
+    "free_burst": f"({_BURST})",
+    "swap_macs": f"({_BURST})",
+    "set_macs": f"({_BURST}, uint8[::1], uint8[::1])",
+    "build_frames": f"({_BURST}, uint8[::1], int64)",
+    "build_flows": f"({_BURST}, uint8[::1], int64, int64[::1])",
+    "csum_prepare": f"({_BURST}, uint8[::1], uint8[::1], int64, int64[::1], int64[::1])",
+    "icmp_echo": f"({_BURST}, uint8[::1], int64[::1], int64[::1])",
+}
+
+
+def entry(name: str):
+    """Kernel ``name`` compiled for the forwarding loop's argument types, called directly."""
+    return compiled(globals()[name], SIGNATURES[name])

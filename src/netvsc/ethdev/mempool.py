@@ -36,7 +36,7 @@ from numba import njit
 
 from netvsc.errors import ConfigError, NetvscError
 from netvsc.fastpath.addrtable import ArrayTable, register_aliasing_call, table_array
-from netvsc.fastpath.atomics import atomic_cas_u32, atomic_store_u32
+from netvsc.fastpath.atomics import atomic_cas_u32, atomic_store_release_u32
 from netvsc.vmbus.dma import allocate_dma
 from netvsc.wire.vmbus import HV_PAGE_SHIFT, HV_PAGE_SIZE
 
@@ -169,7 +169,7 @@ def _lock(pool):
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
 def _unlock(pool):
-    atomic_store_u32(pool.lock, 0, 0)
+    atomic_store_release_u32(pool.lock, 0, 0)
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
@@ -220,10 +220,12 @@ def mp_alloc_bulk(pool, out, count):
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
-def _release(pool, index):
-    """A segment whose last reference went away: back to the free stack, or parked."""
+def _release(pool, index, locked):
+    """A segment whose last reference went away: back to the free stack, or parked. ``locked``:
+    the caller holds the pool's lock already."""
     pool.next_seg[index] = -1
-    _lock(pool)
+    if not locked:
+        _lock(pool)
     if pool.ext_owner[index] >= 0:
         parked = pool.state[ST_PARKED]
         pool.parked[parked] = index
@@ -232,11 +234,18 @@ def _release(pool, index):
         top = pool.state[ST_FREE_TOP]
         pool.free_stack[top] = index
         pool.state[ST_FREE_TOP] = top + 1
-    _unlock(pool)
+    if not locked:
+        _unlock(pool)
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
 def mp_refcnt_update(pool, head, delta):
+    """See ``_refcnt_update``; takes the pool's lock only to release a segment."""
+    return _refcnt_update(pool, head, delta, False)
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def _refcnt_update(pool, head, delta, locked):
     """Add ``delta`` to the refcount of every segment of the chain at ``head``.
 
     Segments that reach 0 are released (a decrement to zero is a free). Returns the head's new
@@ -274,7 +283,7 @@ def mp_refcnt_update(pool, head, delta):
         count = pool.refcnt[segment] + delta
         pool.refcnt[segment] = count
         if count == 0:
-            _release(pool, segment)
+            _release(pool, segment, locked)
         segment = following
     return new_head
 
@@ -287,11 +296,14 @@ def mp_free(pool, head):
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
 def mp_free_bulk(pool, indices, count):
-    """``mp_free`` each of ``indices[:count]``; returns how many frees were accepted."""
+    """``mp_free`` each of ``indices[:count]``; returns how many frees were accepted. The pool's
+    lock is taken once for the whole burst, not once per buffer."""
     accepted = 0
+    _lock(pool)
     for k in range(min(count, indices.shape[0])):
-        if mp_refcnt_update(pool, indices[k], -1) >= 0:
+        if _refcnt_update(pool, indices[k], -1, True) >= 0:
             accepted += 1
+    _unlock(pool)
     return accepted
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "atomic_cas_u32",
     "atomic_load_u32",
     "atomic_or_u32",
+    "atomic_store_release_u32",
     "atomic_store_u32",
     "atomic_xchg_u32",
     "compiler_barrier",
@@ -178,17 +179,28 @@ def _atomic_load(typingctx, arr, index):
     return types.uint32(arr, index), codegen
 
 
-@intrinsic
-def _atomic_store(typingctx, arr, index, value):
-    _check_u32_array(arr)
+def _store_intrinsic(ordering: str):
+    """An atomic 32-bit store with LLVM ordering ``ordering``."""
 
-    def codegen(context, builder, signature, args):
-        ptr = _element_pointer(context, builder, signature.args[0], args[0], args[1])
-        val = context.cast(builder, args[2], signature.args[2], types.uint32)
-        builder.store_atomic(val, ptr, "seq_cst", 4)
-        return context.get_dummy_value()
+    @intrinsic
+    def store(typingctx, arr, index, value):
+        _check_u32_array(arr)
 
-    return types.void(arr, index, value), codegen
+        def codegen(context, builder, signature, args):
+            ptr = _element_pointer(context, builder, signature.args[0], args[0], args[1])
+            val = context.cast(builder, args[2], signature.args[2], types.uint32)
+            builder.store_atomic(val, ptr, ordering, 4)
+            return context.get_dummy_value()
+
+        return types.void(arr, index, value), codegen
+
+    return store
+
+
+_atomic_store = _store_intrinsic("seq_cst")
+# Release ordering is enough to give up a lock (earlier accesses stay before it); on x86 it is a
+# plain store, where seq_cst costs a locked exchange.
+_atomic_store_release = _store_intrinsic("release")
 
 
 @intrinsic
@@ -279,6 +291,10 @@ if config.DISABLE_JIT:
 
     def atomic_store_u32(arr: np.ndarray, index: int, value: int) -> None:
         """Sequentially consistent 32-bit store."""
+        _native.store32(_address_of(arr, index), int(value) & 0xFFFFFFFF)
+
+    def atomic_store_release_u32(arr: np.ndarray, index: int, value: int) -> None:
+        """32-bit store with release ordering (the native store is stronger, seq_cst)."""
         _native.store32(_address_of(arr, index), int(value) & 0xFFFFFFFF)
 
     def copy_bytes(dst: np.ndarray, dst_start: int, src: np.ndarray, src_start: int, nbytes: int) -> None:
@@ -373,6 +389,11 @@ if not config.DISABLE_JIT:
     def atomic_store_u32(arr, index, value):
         """Sequentially consistent 32-bit store."""
         _atomic_store(arr, index, value)
+
+    @register_jitable(inline="always")
+    def atomic_store_release_u32(arr, index, value):
+        """32-bit store with release ordering: what unlocking a spin lock needs."""
+        _atomic_store_release(arr, index, value)
 
     if not config.BOUNDSCHECK:
 

@@ -12,11 +12,15 @@ from numba import njit
 from netvsc.ethdev.mempool import PoolArrays, pool_from_table
 from netvsc.fastpath.addrtable import table_array
 from netvsc.fastpath.atomics import atomic_cas_u32, atomic_or_u32, atomic_store_u32, full_fence
+from netvsc.fastpath.lebytes import load_u16, load_u32, load_u64, store_u16, store_u32, store_u64
 from netvsc.fastpath.ring import ring_commit, ring_take_signal, ring_write_packet
 from netvsc.pmd.qlayout import (
+    ATTENTION,
+    CONTROL_NONE,
     Q_ACK_COUNT,
     Q_ACK_DEFERRED,
     Q_ACK_LOST,
+    Q_CONTROL_KIND,
     Q_SIGNAL_MASK,
     Q_SIGNAL_PYTHON,
     Q_SIGNAL_WORD,
@@ -43,42 +47,32 @@ _COMPLETION_BYTES = 24  # descriptor + NVSP RNDIS_PACKET_COMPLETE (type, status)
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
 def get_u16(buf, at):
-    return np.int64(buf[at]) | (np.int64(buf[at + 1]) << 8)
+    return load_u16(buf, at)
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
 def get_u32(buf, at):
-    return (
-        np.int64(buf[at])
-        | (np.int64(buf[at + 1]) << 8)
-        | (np.int64(buf[at + 2]) << 16)
-        | (np.int64(buf[at + 3]) << 24)
-    )
+    return load_u32(buf, at)
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
 def get_u64(buf, at):
-    return get_u32(buf, at) | (get_u32(buf, at + 4) << 32)
+    return load_u64(buf, at)
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
 def put_u16(buf, at, value):
-    buf[at] = value & 0xFF
-    buf[at + 1] = (value >> 8) & 0xFF
+    store_u16(buf, at, value)
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
 def put_u32(buf, at, value):
-    buf[at] = value & 0xFF
-    buf[at + 1] = (value >> 8) & 0xFF
-    buf[at + 2] = (value >> 16) & 0xFF
-    buf[at + 3] = (value >> 24) & 0xFF
+    store_u32(buf, at, value)
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
 def put_u64(buf, at, value):
-    put_u32(buf, at, value & 0xFFFFFFFF)
-    put_u32(buf, at + 4, (value >> 32) & 0xFFFFFFFF)
+    store_u64(buf, at, value)
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
@@ -186,6 +180,14 @@ def commit_rx(table):
         == 1
     ):
         signal_host(table)
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def with_attention(q, count):
+    """A burst kernel's result: ``count``, with ATTENTION set when the control path has work."""
+    if q[Q_CONTROL_KIND] != CONTROL_NONE or q[Q_SIGNAL_PYTHON] != 0:
+        return count | ATTENTION
+    return count
 
 
 @njit(nogil=True, cache=True, _nrt=False)

@@ -18,14 +18,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numba import config as numba_config
 
 from netvsc.errors import ConfigError
 from netvsc.ethdev.mempool import SEGMENTS_MAX, Mempool
 from netvsc.fastpath.addrtable import ArrayTable
+from netvsc.fastpath.entry import compiled
 from netvsc.pmd import qlayout as L
 from netvsc.pmd.chan_kernels import POOL_TABLE_WORDS, flush_tx_signal, get_u16, get_u32, get_u64
-from netvsc.pmd.events import EVENTS_BUDGET, drain_external, process_events, rx_burst_kernel
+from netvsc.pmd.events import drain_external, process_events, rx_burst_kernel
 from netvsc.pmd.tx_kernels import flush_aggregation, tx_burst_kernel
 from netvsc.vmbus.channel import Channel
 from netvsc.vmbus.dma import allocate_dma
@@ -54,22 +54,24 @@ class DataPathConfig:
     alignment: int
 
 
-_KERNEL_SIGNATURES = (
-    (rx_burst_kernel, "(int64[::1], int32[::1], int64)"),
-    (tx_burst_kernel, "(int64[::1], int64, int32[::1], int64)"),
-    (process_events, "(int64[::1], int64, int64)"),
-    (flush_aggregation, "(int64[::1], int64[::1])"),
-    (flush_tx_signal, "(int64[::1],)"),
-)
+_KERNEL_SIGNATURES = {
+    "rx_burst": (rx_burst_kernel, "(int64[::1], int32[::1], int64)"),
+    "tx_burst": (tx_burst_kernel, "(int64[::1], int64, int32[::1], int64)"),
+    "process_events": (process_events, "(int64[::1], int64, int64)"),
+    "flush_aggregation": (flush_aggregation, "(int64[::1], int64[::1])"),
+    "flush_tx_signal": (flush_tx_signal, "(int64[::1],)"),
+}
+_kernels: dict = {}
 
 
-def compile_kernels() -> None:
-    """Compile (or load from numba's cache) the burst kernels now, not inside the first burst:
-    a first compile takes many seconds, and a burst holds its channel's lock."""
-    if numba_config.DISABLE_JIT:
-        return
-    for kernel, signature in _KERNEL_SIGNATURES:
-        kernel.compile(signature)
+def compile_kernels() -> dict:
+    """The burst kernels' entry points by name, compiled (or loaded from numba's cache) on the
+    first call, not inside the first burst: a first compile takes many seconds, and a burst holds
+    its channel's lock. Bursts call the entry points directly (fastpath/entry.py)."""
+    if not _kernels:
+        for name, (kernel, signature) in _KERNEL_SIGNATURES.items():
+            _kernels[name] = compiled(kernel, signature)
+    return _kernels
 
 
 class PortDataPath:
@@ -178,6 +180,10 @@ class QueueEngine:
         self.channel = channel
         self.lock = lock
         self.rx_pool = rx_pool
+        kernels = compile_kernels()
+        self._rx_burst = kernels["rx_burst"]
+        self._tx_burst = kernels["tx_burst"]
+        self._process_events = kernels["process_events"]
         self.q = q = L.new_qstate()
         t = self.table = ArrayTable(L.T_SLOTS)
         t.set(L.T_TX_HEADER, channel.tx_view.header)
@@ -237,6 +243,7 @@ class QueueEngine:
         t.set(L.T_EXT_DONE, np.zeros(L.EXT_DONE_SIZE, dtype=np.int64))
         t.set(L.T_PARSE, np.zeros(L.PARSE_WORDS, dtype=np.int64))
         t.set(L.T_CHAIN, np.zeros(SEGMENTS_MAX + 1, dtype=np.int32))
+        t.set(L.T_RX_CACHE, np.full(L.RX_CACHE_SIZE, -1, dtype=np.int32))
         self.rx_counters = path.rx_counters_row(queue_id)
         self.tx_counters = path.tx_counters_row(queue_id)
         t.set(L.T_RX_COUNTERS, self.rx_counters)
@@ -266,18 +273,19 @@ class QueueEngine:
 
     # -- bursts --------------------------------------------------------------------------------
     def rx_burst(self, out: np.ndarray, count: int) -> int:
+        """``out``: an int32 C-contiguous array (the entry point does not check the layout)."""
         with self.lock:
-            taken = int(rx_burst_kernel(self.table.table, out, count))
-            if self.q[L.Q_CONTROL_KIND] or self.q[L.Q_SIGNAL_PYTHON]:
+            result = self._rx_burst(self.table.table, out, count)
+            if result & L.ATTENTION:
                 self._after_kernel()
-        return taken
+        return result & L.COUNT_MASK
 
     def tx_burst(self, pool_slot: int, indices: np.ndarray, count: int) -> int:
         with self.lock:
-            sent = int(tx_burst_kernel(self.table.table, pool_slot, indices, count))
-            if self.q[L.Q_CONTROL_KIND] or self.q[L.Q_SIGNAL_PYTHON]:
+            result = self._tx_burst(self.table.table, pool_slot, indices, count)
+            if result & L.ATTENTION:
                 self._after_kernel()
-        return sent
+        return result & L.COUNT_MASK
 
     def poll(self, tx_limit: int = 0, blocking: bool = True) -> int:
         """Process channel events (completions, received frames into the staging ring, control
@@ -288,7 +296,7 @@ class QueueEngine:
         try:
             handled = 0
             for _ in range(_CONTROL_ROUNDS):
-                handled += int(process_events(self.table.table, tx_limit, EVENTS_BUDGET))
+                handled += int(self._process_events(self.table.table, tx_limit, 0))
                 if not self.q[L.Q_CONTROL_KIND]:
                     break
                 self._after_kernel()
@@ -357,7 +365,7 @@ class QueueEngine:
         return int(self.q[L.Q_NB_DESC] - self.q[L.Q_TXD_FREE_TOP])
 
     def free_staged(self) -> int:
-        """Give back mbufs still in the staging ring (stop, close)."""
+        """Give back mbufs still in the staging ring and the RX cache (stop, close)."""
         with self.lock:
             staging = self.table.get(L.T_STAGING)
             mask = staging.shape[0] - 1
@@ -368,6 +376,10 @@ class QueueEngine:
                 if self.rx_pool is not None:
                     self.rx_pool.free(head)
                     freed += 1
+            cached = int(self.q[L.Q_RX_CACHED])
+            if cached and self.rx_pool is not None:
+                self.rx_pool.free_bulk(self.table.get(L.T_RX_CACHE)[:cached])
+            self.q[L.Q_RX_CACHED] = 0
             # Freed external mbufs are parked until their receive slots are acknowledged, which
             # only event processing does: do it now, or a stopped port keeps them (and the
             # host's slots) until it is started again and the mempool is never whole.

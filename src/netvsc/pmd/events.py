@@ -24,6 +24,7 @@ from netvsc.pmd.chan_kernels import (
     get_u64,
     pool_at,
     retry_acks,
+    with_attention,
 )
 from netvsc.pmd.rx_kernels import on_transfer_pages, release_entry
 from netvsc.pmd.tx_resources import on_send_completion
@@ -50,9 +51,16 @@ def drain_external(table, q):
 
 
 @njit(nogil=True, cache=True, _nrt=False)
-def process_events(table, tx_limit, budget):
-    """Handle up to ``budget`` VMBus packets (``tx_limit`` > 0: stop after that many send
-    completions). Returns the number of send completions handled."""
+def staged(q):
+    return q[L.Q_STAGING_TAIL] - q[L.Q_STAGING_HEAD]
+
+
+@njit(nogil=True, cache=True, _nrt=False)
+def process_events(table, tx_limit, rx_wanted):
+    """Handle up to EVENTS_BUDGET VMBus packets. ``tx_limit`` > 0: stop after that many send
+    completions; ``rx_wanted`` > 0: stop once the staging ring holds that many mbufs (an RX burst
+    takes no more from the ring than it returns, so the mbufs it fills are the ones just freed
+    and still in cache, not thousands of cold ones). Returns the send completions handled."""
     q = table_array(table, L.T_QSTATE, np.int64)
     if q[L.Q_CONTROL_KIND] != L.CONTROL_NONE:
         return 0  # the control path has not taken the previous item yet
@@ -67,7 +75,7 @@ def process_events(table, tx_limit, budget):
     info = words[8:16]
     completions = 0
     handled = 0
-    while handled < budget:
+    while handled < EVENTS_BUDGET:
         length = ring_peek(header, data, state, event)
         if length == 0:
             break
@@ -86,7 +94,7 @@ def process_events(table, tx_limit, budget):
         packet_type = get_u16(event, 0)
         if packet_type == PACKET_TYPE_XFER_PAGES:
             on_transfer_pages(table, q, event, length, info, parse)
-            if q[L.Q_CONTROL_KIND] != L.CONTROL_NONE:
+            if q[L.Q_CONTROL_KIND] != L.CONTROL_NONE or (rx_wanted > 0 and staged(q) >= rx_wanted):
                 break
             continue
         if packet_type == PACKET_TYPE_COMPLETION and (get_u64(event, 8) >> L.TID_TAG_SHIFT) == 1:
@@ -104,18 +112,14 @@ def process_events(table, tx_limit, budget):
 
 
 @njit(nogil=True, cache=True, _nrt=False)
-def staged(q):
-    return q[L.Q_STAGING_TAIL] - q[L.Q_STAGING_HEAD]
-
-
-@njit(nogil=True, cache=True, _nrt=False)
 def rx_burst_kernel(table, out, count):
     """Up to ``count`` received mbufs into ``out``; channel events are processed first when the
-    staging ring holds fewer than asked (pmd.md 2.1, 2.6)."""
+    staging ring holds fewer than asked (pmd.md 2.1, 2.6). Returns how many, with
+    ``qlayout.ATTENTION`` set when the control path has work."""
     q = table_array(table, L.T_QSTATE, np.int64)
-    count = min(count, out.shape[0])
+    count = max(min(count, out.shape[0]), 0)
     if staged(q) < count:
-        process_events(table, 0, EVENTS_BUDGET)
+        process_events(table, 0, count)
     staging = table_array(table, L.T_STAGING, np.int32)
     mask = staging.shape[0] - 1
     head = q[L.Q_STAGING_HEAD]
@@ -123,4 +127,4 @@ def rx_burst_kernel(table, out, count):
     for k in range(taken):
         out[k] = staging[(head + k) & mask]
     q[L.Q_STAGING_HEAD] = head + taken
-    return taken
+    return with_attention(q, taken)

@@ -56,6 +56,7 @@ TX_DESC_MAX = 4096
 TX_DESC_DEFAULT = 512
 TX_FREE_THRESH_DEFAULT = 32
 RX_DESC_DEFAULT = 512
+_WHOLE_BATCH = 1 << 30  # an rx_burst count meaning "as many as the batch holds"
 STOP_DRAIN_S = 1.0  # stop waits this long for outstanding send completions (pmd#29)
 RESCIND_CHECK_S = 0.1
 TEARDOWN_READ_S = 1.0  # the host reads HALT and the revokes before the channel closes
@@ -775,13 +776,15 @@ class NetvscPort:
     def rx_burst(self, queue: int, batch: PacketBatch, nb_pkts: int = 0) -> int:
         """Receive up to ``nb_pkts`` (default: the batch's capacity) frames of queue ``queue``
         into ``batch`` (spec/pmd.md 2.1); returns how many. 0 while the port is stopped."""
-        engine = self._rx_engines[queue] if 0 <= queue < len(self._rx_engines) else self._engine(
-            self._rx_engines, queue, "rx"
-        )
+        engines = self._rx_engines
+        engine = engines[queue] if 0 <= queue < len(engines) else self._engine(engines, queue, "rx")
         if engine is None:
             batch.count = 0
             return 0
-        count = engine.rx_burst(batch.indices, nb_pkts or batch.indices.shape[0])
+        if nb_pkts < 0:
+            raise ConfigError("nb_pkts", nb_pkts, "0 (the batch's capacity) or a positive count")
+        # The kernel clamps the count to the batch's capacity.
+        count = engine.rx_burst(batch.indices, nb_pkts or _WHOLE_BATCH)
         batch.count = count
         batch.mempool = engine.rx_pool
         return count
@@ -793,9 +796,8 @@ class NetvscPort:
         those leave the batch, and the rest move to its front for the caller to retry or free
         (a full ring or send buffer ends the burst early, never blocks, spec/pmd.md 3.8).
         """
-        engine = self._tx_engines[queue] if 0 <= queue < len(self._tx_engines) else self._engine(
-            self._tx_engines, queue, "tx"
-        )
+        engines = self._tx_engines
+        engine = engines[queue] if 0 <= queue < len(engines) else self._engine(engines, queue, "tx")
         count = batch.count if not nb_pkts else min(nb_pkts, batch.count)
         if engine is None or count <= 0:
             return 0

@@ -51,7 +51,8 @@ T_CHAIN = 35  # int32: buffer indices of a chain being built (kernels allocate n
 T_BOUNCE = 36  # uint8: BOUNCE_SLOTS contiguous buffers in DMA memory, for chains needing too many ranges
 T_BOUNCE_GPAS = 37  # uint64: GPA of each 4 KiB page of those buffers
 T_TXD_BOUNCE = 38  # int32: the bounce buffer a send holds until its completion (-1 none)
-T_SLOTS = 39
+T_RX_CACHE = 39  # int32: mbufs of the RX pool taken ahead, RX_CACHE_SIZE at a time
+T_SLOTS = 40
 
 # -- Q_* state words -----------------------------------------------------------------------------
 Q_QUEUE_ID = 0
@@ -109,12 +110,19 @@ Q_TX_MALFORMED = 50  # packets refused: empty, or lengths that do not add up
 Q_RX_SCATTERED = 51  # frames delivered as chains (scattered RX)
 Q_BOUNCE_FREE = 52  # bit i set: bounce buffer i is free
 Q_TX_BOUNCED = 53  # packets copied into a bounce buffer (a chain needing more than MAX_GPA_RANGES)
+Q_RX_CACHED = 54  # mbufs in T_RX_CACHE
 Q_WORDS = 64
 
 # Q_CONTROL_KIND values
 CONTROL_NONE = 0
 CONTROL_RAW = 1  # a VMBus packet for the control path waits in T_EVENT
 CONTROL_MAILBOX = 2  # RNDIS control messages wait in T_MAILBOX
+
+# Set in a burst kernel's result (above the packet count) when the Python side has work after
+# the call: a control item (Q_CONTROL_KIND) or a signal through the interrupt page
+# (Q_SIGNAL_PYTHON). The caller tests one bit instead of reading two numpy words.
+ATTENTION = 1 << 32
+COUNT_MASK = ATTENTION - 1
 
 # Transaction ids of data sends: tag bits 62-63 = 01, queue in 32..47, descriptor in 0..31.
 # The control path's ids are small counters, so the two never meet.
@@ -136,6 +144,9 @@ EXT_DONE_SIZE = 256
 BOUNCE_SLOTS = 2
 BOUNCE_SLOT = 17 * 4096
 PARSE_WORDS = 16  # parse_frame output, then the PPI walk's
+# The RX path takes mbufs from its pool this many at a time (one lock per refill, not per frame,
+# as DPDK's per-core mempool caches); they go back to the pool when the queue stops.
+RX_CACHE_SIZE = 32
 
 
 def new_qstate() -> np.ndarray:

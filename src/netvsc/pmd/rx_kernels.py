@@ -151,17 +151,38 @@ def _tci_of(vlan_ppi):
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
-def _copy_frame(pool, chain, recv, start, length, tci, reinsert):
+def _alloc_one(table, q, pool):
+    """One mbuf of the RX pool through the queue's cache (qlayout.RX_CACHE_SIZE), or -1."""
+    cache = table_array(table, L.T_RX_CACHE, np.int32)
+    cached = q[L.Q_RX_CACHED]
+    if cached == 0:
+        if mp.mp_alloc_bulk(pool, cache, cache.shape[0]) == cache.shape[0]:
+            cached = cache.shape[0]
+        elif mp.mp_alloc_bulk(pool, cache, 1) == 1:
+            cached = 1  # the pool runs low: what is left goes to frames one at a time
+        else:
+            return -1
+    cached -= 1
+    q[L.Q_RX_CACHED] = cached
+    return cache[cached]
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def _copy_frame(table, q, pool, chain, recv, start, length, tci, reinsert):
     """Copy a frame into new mbufs (a chain when it exceeds one buffer); the head or -1.
 
     With ``reinsert`` the 802.1Q tag ``tci`` is put back after the MAC addresses (pmd#53).
     """
     total = length + 4 if reinsert else length
     room = pool.state[mp.ST_DATA_ROOM] - pool.state[mp.ST_HEADROOM]
-    needed = (total + room - 1) // room
+    needed = 1 if total <= room else (total + room - 1) // room  # no division for most frames
     if needed > mp.SEGMENTS_MAX:
         return -2
-    if mp.mp_alloc_bulk(pool, chain, needed) == 0:
+    if needed == 1:
+        chain[0] = _alloc_one(table, q, pool)
+        if chain[0] < 0:
+            return -1
+    elif mp.mp_alloc_bulk(pool, chain, needed) == 0:
         return -1
     data_room = pool.state[mp.ST_DATA_ROOM]
     source = start
@@ -274,9 +295,8 @@ def _deliver(table, q, ptab, recv, start, entry, info, parse):
         and q[L.Q_EXT_HELD] * 2 < q[L.Q_RECV_SECTIONS]
     )
     if zero_copy:
-        one = table_array(table, L.T_CHAIN, np.int32)
-        if mp.mp_alloc_bulk(pool, one, 1) == 1:
-            head = one[0]
+        head = _alloc_one(table, q, pool)
+        if head >= 0:
             mp.mp_attach_external(pool, head, q[L.Q_RX_OWNER], entry, start)
             pool.data_off[head] = _RNDIS_BASE + data_offset
             pool.data_len[head] = data_length
@@ -287,7 +307,7 @@ def _deliver(table, q, ptab, recv, start, entry, info, parse):
                 q[L.Q_EXT_HELD] += 1
     else:
         chain = table_array(table, L.T_CHAIN, np.int32)
-        head = _copy_frame(pool, chain, recv, frame, data_length, tci, reinsert)
+        head = _copy_frame(table, q, pool, chain, recv, frame, data_length, tci, reinsert)
         if head == -2:
             counters[RX_ERRORS] += 1
             return

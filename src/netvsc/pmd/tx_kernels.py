@@ -25,8 +25,16 @@ from netvsc.fastpath.addrtable import table_array
 from netvsc.fastpath.atomics import copy_bytes
 from netvsc.fastpath.offload import fill_l4_checksum, parse_frame, read_be16
 from netvsc.pmd import qlayout as L
-from netvsc.pmd.chan_kernels import flush_tx_signal, pool_table, put_u16, put_u32, put_u64, write_packet
-from netvsc.pmd.events import EVENTS_BUDGET, process_events
+from netvsc.pmd.chan_kernels import (
+    flush_tx_signal,
+    pool_table,
+    put_u16,
+    put_u32,
+    put_u64,
+    with_attention,
+    write_packet,
+)
+from netvsc.pmd.events import process_events
 from netvsc.pmd.stats import CHANNEL_FULL, ERRORS, RING_FULL, count_accepted
 from netvsc.pmd.tx_resources import bounce_give, bounce_take, chimney_take, descriptor_give, descriptor_take
 from netvsc.wire import nvsp, rndis
@@ -570,13 +578,14 @@ def _send_one(table, q, ptab, pool_slot, head, parse, ppis):
 def reap_completions(table, q, wanted):
     """Collect send completions first when descriptors run short (pmd.md 3.2 step 1)."""
     if q[L.Q_QUEUE_ID] == 0 or q[L.Q_TXD_FREE_TOP] < max(q[L.Q_TX_FREE_THRESH], wanted):
-        process_events(table, 0, EVENTS_BUDGET)
+        process_events(table, 0, 0)
 
 
 @njit(nogil=True, cache=True, _nrt=False)
 def tx_burst_kernel(table, pool_slot, indices, count):
     """Send up to ``count`` packets ``indices[:count]`` of the pool in ``pool_slot``; returns how
-    many were consumed (sent, or refused as malformed and counted)."""
+    many were consumed (sent, or refused as malformed and counted), with ``qlayout.ATTENTION``
+    set when the control path has work."""
     q = table_array(table, L.T_QSTATE, np.int64)
     count = min(count, indices.shape[0])
     reap_completions(table, q, count)
@@ -592,4 +601,4 @@ def tx_burst_kernel(table, pool_slot, indices, count):
             done += 1
         flush_aggregation(table, q)
     flush_tx_signal(table)
-    return done
+    return with_attention(q, done)
