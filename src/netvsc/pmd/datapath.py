@@ -365,7 +365,7 @@ class QueueEngine:
         return int(self.q[L.Q_NB_DESC] - self.q[L.Q_TXD_FREE_TOP])
 
     def free_staged(self) -> int:
-        """Give back mbufs still in the staging ring and the RX cache (stop, close)."""
+        """Give back mbufs still in the staging ring (stop, close)."""
         with self.lock:
             staging = self.table.get(L.T_STAGING)
             mask = staging.shape[0] - 1
@@ -376,10 +376,6 @@ class QueueEngine:
                 if self.rx_pool is not None:
                     self.rx_pool.free(head)
                     freed += 1
-            cached = int(self.q[L.Q_RX_CACHED])
-            if cached and self.rx_pool is not None:
-                self.rx_pool.free_bulk(self.table.get(L.T_RX_CACHE)[:cached])
-            self.q[L.Q_RX_CACHED] = 0
             # Freed external mbufs are parked until their receive slots are acknowledged, which
             # only event processing does: do it now, or a stopped port keeps them (and the
             # host's slots) until it is started again and the mempool is never whole.

@@ -110,7 +110,8 @@ Q_TX_MALFORMED = 50  # packets refused: empty, or lengths that do not add up
 Q_RX_SCATTERED = 51  # frames delivered as chains (scattered RX)
 Q_BOUNCE_FREE = 52  # bit i set: bounce buffer i is free
 Q_TX_BOUNCED = 53  # packets copied into a bounce buffer (a chain needing more than MAX_GPA_RANGES)
-Q_RX_CACHED = 54  # mbufs in T_RX_CACHE
+Q_RX_CACHED = 54  # mbufs in T_RX_CACHE (only inside on_transfer_pages: it ends with none)
+Q_RX_RANGES_LEFT = 55  # ranges of the transfer being handled not handled yet: the most to take
 Q_WORDS = 64
 
 # Q_CONTROL_KIND values
@@ -144,8 +145,8 @@ EXT_DONE_SIZE = 256
 BOUNCE_SLOTS = 2
 BOUNCE_SLOT = 17 * 4096
 PARSE_WORDS = 16  # parse_frame output, then the PPI walk's
-# The RX path takes mbufs from its pool this many at a time (one lock per refill, not per frame,
-# as DPDK's per-core mempool caches); they go back to the pool when the queue stops.
+# The RX path takes mbufs from its pool up to this many at a time for the frames of one transfer
+# (one lock per refill, not per frame); what a transfer did not use goes back at its end.
 RX_CACHE_SIZE = 32
 
 

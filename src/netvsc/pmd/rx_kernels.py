@@ -156,8 +156,9 @@ def _alloc_one(table, q, pool):
     cache = table_array(table, L.T_RX_CACHE, np.int32)
     cached = q[L.Q_RX_CACHED]
     if cached == 0:
-        if mp.mp_alloc_bulk(pool, cache, cache.shape[0]) == cache.shape[0]:
-            cached = cache.shape[0]
+        want = min(cache.shape[0], max(q[L.Q_RX_RANGES_LEFT], 1))
+        if mp.mp_alloc_bulk(pool, cache, want) == want:
+            cached = want
         elif mp.mp_alloc_bulk(pool, cache, 1) == 1:
             cached = 1  # the pool runs low: what is left goes to frames one at a time
         else:
@@ -415,6 +416,7 @@ def on_transfer_pages(table, q, event, length, info, parse):
                 q[L.Q_STOPPED_DROPS] += 1
                 continue
             info[5] = range_length
+            q[L.Q_RX_RANGES_LEFT] = ranges - r
             _deliver(table, q, ptab, recv, offset, entry, info, parse)
         else:
             # Completions and indications travel with the data ranges: the control path's.
@@ -422,6 +424,9 @@ def on_transfer_pages(table, q, event, length, info, parse):
                 q[L.Q_CONTROL_MESSAGES] += 1
             else:
                 table_array(table, L.T_RX_COUNTERS, np.int64)[RX_ERRORS] += 1
+    if q[L.Q_RX_CACHED] > 0:  # mbufs taken for ranges that were not frames
+        mp.mp_free_bulk(pool_from_table(ptab), table_array(table, L.T_RX_CACHE, np.int32), q[L.Q_RX_CACHED])
+        q[L.Q_RX_CACHED] = 0
     if entry >= 0:
         release_entry(table, q, entry, False)
     else:
