@@ -9,6 +9,7 @@ is the other machine on the switch. Addresses: 198.18.0.0/15 and locally adminis
 from __future__ import annotations
 
 import contextlib
+import subprocess
 
 import pytest
 from scapy.layers.inet import IP, UDP
@@ -270,3 +271,17 @@ def test_vf_netdev_appearing_after_the_association(tmp_path):
             ports.close_all()
     finally:
         host.stop()
+
+
+def test_vf_netdev_removed(rig):
+    """pmd#89: the VF's netdev disappears (hot-unplug): the data path goes back to synthetic
+    before the VF port is stopped and closed; TX then takes the synthetic path."""
+    rig.offer()
+    port = rig.a
+    subprocess.run(["ip", "link", "del", rig.pair.end], check=True, capture_output=True, timeout=30)
+    wait_for(lambda: not port.vf.attached, "the VF removed", DEADLINE)
+    assert not port.vf.switched and port.vf.state == "removed" and port.vf.counters["removals"] == 1
+    assert rig.netvsp()["data_path"] == nvsp.DATA_PATH_SYNTHETIC
+    frames = [rig.frame(rig.mac_a, rig.mac_b, 7000 + k) for k in range(3)]
+    assert port.tx_burst(0, PacketBatch.from_frames(rig.pool_a, frames)) == len(frames)
+    assert [f for f, _ in _received(rig.b, 0, len(frames))] == frames

@@ -1063,9 +1063,9 @@ class NetvscPort:
             self._lock.release()
 
     def _check_rescind(self) -> None:
-        if self.vf._retry_at is not None and self._lock.acquire(timeout=0.05):
+        if self.vf.needs_poll and self._lock.acquire(timeout=0.05):
             try:
-                self.vf.poll_hot_add()  # a VF reported before its netdev appeared (pmd.md 7.2)
+                self.vf.poll()  # a VF that vanished, or one reported before its netdev (pmd.md 7.2)
             finally:
                 self._lock.release()
         dev = self.dev
@@ -1083,6 +1083,7 @@ class NetvscPort:
             if self.rescinded:
                 return
             self.rescinded = True
+            self.vf.on_rescind()
             self.control.counters["rescinds"] += 1
             self._started = False
             log.warning("port %s: channels rescinded; port stopped", self.device_name)

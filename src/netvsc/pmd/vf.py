@@ -19,7 +19,10 @@ Order of operations (pmd.md 7.3, 7.4):
   (the VF device appears after the association, host.md 7.1);
 - association "not allocated": switch to synthetic, the VF stays attached (pmd#88);
 - port stop: switch to synthetic, then stop the VF; port start: start the VF, then switch;
-  close: the VF port is closed.
+  close: the VF port is closed;
+- the netdev vanishes (hot-unplug, seen by the control worker's periodic look): synthetic
+  first, then the VF port is stopped and closed (pmd#89); while the host still reports a VF,
+  it is looked for again.
 
 Switching away clears the data-path hook before the message is sent (Linux's order: traffic
 stops using the VF at once) and ``switched`` is cleared even if the message fails.
@@ -192,6 +195,48 @@ class VfManager:
             return
         if self.port.started:
             self.start()
+
+    @property
+    def needs_poll(self) -> bool:
+        """Whether ``poll`` has anything to watch (a VF attached, or one awaited)."""
+        return self.vf is not None or self._retry_at is not None
+
+    def poll(self) -> None:
+        """The control worker's periodic look (port lock held): a VF netdev that vanished is
+        removed (pmd#89), a reported one not found yet is looked for again."""
+        vf = self.vf
+        if vf is not None and not self._netdev_present(vf):
+            self.remove()
+        self.poll_hot_add()
+
+    def _netdev_present(self, vf: AfPacketPort) -> bool:
+        try:
+            return int((self.net_dir / vf.ifname / "ifindex").read_text()) == vf.ifindex
+        except (OSError, ValueError):
+            return False
+
+    def remove(self) -> None:
+        """The VF is gone (hot-unplug): synthetic first, then the VF port is stopped and closed
+        (pmd#89); a VF the host still reports is looked for again, as a hot-add."""
+        vf = self.vf
+        if vf is None:
+            return
+        log.warning("port %s: VF %s removed", self.port.device_name, vf.ifname)
+        self.switch_to_synthetic()
+        with contextlib.suppress(NetvscError, OSError):
+            vf.close()
+        self.vf = None
+        self.state = "removed"
+        self.counters["removals"] += 1
+        if self.reported:
+            self._retries = 0
+            self._retry_at = time.monotonic() + HOT_ADD_INTERVAL_S
+
+    def on_rescind(self) -> None:
+        """The synthetic device is gone: bursts stop using the VF; nothing can be sent to the host."""
+        self.port._vf_path = None
+        self._gate.close()
+        self.switched = False
 
     def poll_hot_add(self) -> None:
         """A VF reported but not found yet: look again when the retry is due (control worker)."""
