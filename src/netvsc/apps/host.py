@@ -56,7 +56,8 @@ Control commands (netvsc host ctl --root DIR COMMAND):
   link up|down [--nic K]          link state, sent to the guest as status indications
   link speed BPS [--nic K]        link speed, sent as a LINK_SPEED_CHANGE indication
   mtu N [--nic K]                 the host's MTU
-  vf offer SERIAL NETDEV [--nic K]  offer a VF (serial number, netdev that plays it)
+  vf offer SERIAL NETDEV [--nic K]  offer a VF (serial number, netdev that plays it; for a
+                                  veth end the host carries the VF's frames through the peer)
   vf revoke [--nic K]             revoke the VF
   rescind [--device] [--nic K]    rescind the subchannels, or the whole device
   fault NAME [VALUE] [--arg K=V] [--nic K]   inject a fault:

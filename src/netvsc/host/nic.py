@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from netvsc.errors import ConfigError, ProtocolError, RingFullError
+from netvsc.errors import ConfigError, DeviceError, ProtocolError, RingFullError
 from netvsc.host.backends.base import Backend
 from netvsc.host.frames import FrameBatch
 from netvsc.proto import nvsp as nvsp_proto
@@ -226,6 +226,8 @@ class NetVsp:
         self._vf: dict[str, Any] | None = None
         self._vf_advertised_serial: int | None = None
         self._vf_ready_at = math.inf
+        self._vf_peer: Any = None  # host/vfpeer.VfPeer while a VF on a veth end is offered
+        self._vf_batch: FrameBatch | None = None
         self._closed = False
         self._reset_state()
 
@@ -249,6 +251,7 @@ class NetVsp:
         self._reorder_hold: list[tuple[int, int, int]] = []
         self._granted_subchannels = 0
         self._data_path = nvsp.DATA_PATH_SYNTHETIC
+        self._vf_steer: Any = None  # the VF peer while the data path is on the VF: poll_backend steers
         self._offload_config = self._offload_capabilities()
         self._tx_batch = FrameBatch(TX_BATCH)
         self._tx_out = FrameBatch(TX_OUT_BATCH)
@@ -747,6 +750,7 @@ class NetVsp:
             self.counts["switch_to_vf_without_vf"] += 1  # completed without a switch (host.md 7.2)
         elif wanted in (nvsp.DATA_PATH_SYNTHETIC, nvsp.DATA_PATH_VF):
             self._data_path = wanted  # switched first: the completion means "moved" (host#56)
+        self._steer_vf()
         self.counts["data_path_switches"] += 1
         if event.completion_requested:  # host#57
             self._complete(index, event.transaction_id, b"")
@@ -1181,6 +1185,12 @@ class NetVsp:
         if received <= 0:
             return False
         self.counts["rx_frames_from_backend"] += received
+        steered = 0
+        if self._vf_steer is not None:  # data path on the VF: unicast for us leaves by the VF
+            steered = self._vf_steer.steer(batch, self.config.mac)
+            self.counts["vf_steered_frames"] += steered
+            if batch.count == 0:
+                return steered > 0
         # A fail-stopped or revoked subchannel produces nothing: frames steered to it are dropped
         # (counted by ReceivePath as ring-full drops, their slots freed at once).
         channels = [
@@ -1192,7 +1202,7 @@ class NetVsp:
         )
         self.counts["rx_frames_delivered"] += delivered
         self._flush_signals()
-        return delivered > 0
+        return delivered > 0 or steered > 0
 
     # -- timers ----------------------------------------------------------------------------------
 
@@ -1273,6 +1283,7 @@ class NetVsp:
         """host#58: back to synthetic first, then the notice and {0, the same serial}."""
         was_vf = self._data_path == nvsp.DATA_PATH_VF
         self._data_path = nvsp.DATA_PATH_SYNTHETIC
+        self._close_vf_peer()
         serial = self._vf_advertised_serial
         self._vf = None
         self._vf_ready_at = math.inf
@@ -1286,6 +1297,52 @@ class NetVsp:
         self._send(0, vmbus_wire.PACKET_TYPE_INBAND, payload, nvsp.VF_ASSOCIATION_TRANSACTION_ID, True)
         self._vf_advertised_serial = None
         self.counts["vf_revokes"] += 1
+
+    def _open_vf_peer(self, netdev: object) -> None:
+        """A VF played by a veth end: its peer is where the VF's frames come and go (host.md 7)."""
+        self._close_vf_peer()
+        if not isinstance(netdev, str) or not netdev:
+            return
+        from netvsc.host.vfpeer import VfPeer  # only a host with a VF needs raw sockets
+
+        try:
+            self._vf_peer = VfPeer(netdev)
+        except (ConfigError, DeviceError) as error:
+            self.counts["vf_peer_errors"] += 1
+            log.info("VF %s has no far side here (%s): its frames are not carried", netdev, error)
+            return
+        self.counts["vf_peer_opens"] += 1
+        self._steer_vf()
+
+    def _close_vf_peer(self) -> None:
+        peer, self._vf_peer, self._vf_steer = self._vf_peer, None, None
+        if peer is not None:
+            self.counts.update(peer.counters)
+            peer.close()
+
+    def _steer_vf(self) -> None:
+        self._vf_steer = self._vf_peer if self._data_path == nvsp.DATA_PATH_VF else None
+
+    def vf_fileno(self) -> int | None:
+        """The descriptor the server waits on for frames the guest sent on its VF (None: no VF)."""
+        return self._vf_peer.fileno() if self._vf_peer is not None else None
+
+    def poll_vf(self) -> bool:
+        """Frames the guest sent on the VF netdev, to the backend as if sent on the synthetic
+        path; returns whether there were any."""
+        peer = self._vf_peer
+        if peer is None or self._closed:
+            return False
+        if self._vf_batch is None:
+            self._vf_batch = FrameBatch(TX_BATCH * 4, RX_FRAME_CAPACITY)
+        batch = self._vf_batch
+        batch.clear()
+        got = peer.receive(batch, batch.capacity)
+        if not got:
+            return False
+        self.counts["vf_tx_frames"] += got
+        self._transmit_frames(batch, self._tx_out)
+        return True
 
     @property
     def vf_visible(self) -> bool:
@@ -1352,6 +1409,7 @@ class NetVsp:
             if not isinstance(serial, int) or not 0 <= serial <= 0xFFFFFFFF:
                 raise ConfigError("vf serial", serial, "an integer 0..0xffffffff")
             self._vf = {"serial": serial, "netdev": args.get("netdev")}
+            self._open_vf_peer(args.get("netdev"))
             self._advertise_vf()
             self._process_control()
             self._flush_signals()
@@ -1441,10 +1499,16 @@ class NetVsp:
         out["packet_filter"] = self._packet_filter
         out["link_up"] = int(self._link_up)
         out["data_path"] = self._data_path
+        peer = self._vf_peer
+        out["vf_peer_open"] = int(peer is not None)
+        if peer is not None:
+            for key, value in peer.counters.items():
+                out[key] = out.get(key, 0) + int(value)
         return out
 
     def close(self) -> None:
         self._closed = True
+        self._close_vf_peer()
 
 
 NetVsp._EVENT_HANDLERS = {

@@ -174,6 +174,7 @@ class _Nic:
         self.open_pids: dict[int, int] = {}  # connection fd -> guest process id (0: unknown)
         self.irq_peers: set[str] = set()
         self.interrupt_count = 0
+        self.vf_fd: int | None = None  # the NetVSP's VF peer socket, registered with the selector
         self.dir_fd = os.open(device.dev_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.open_listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         self.open_listener.bind(self.address(OPEN_SOCKET_NAME))
@@ -571,13 +572,41 @@ class HostServer:
         if command in ("link", "mtu", "vf_offer", "vf_revoke", "rescind", "fault"):
             results = []
             for nic in self._selected(request):
-                results.append(nic.netvsp.control(command, **args) or {})
+                try:
+                    results.append(nic.netvsp.control(command, **args) or {})
+                finally:
+                    self._sync_vf_fd(nic)
             return {"results": results}
         raise ConfigError(
             "command",
             command,
             "ping, status, counters, link, mtu, vf_offer, vf_revoke, rescind, fault, shutdown",
         )
+
+    def _sync_vf_fd(self, nic: _Nic) -> None:
+        """Wait on the NetVSP's VF peer socket while it has one (host.md 7: frames the guest sends
+        on its VF); nothing is polled for a NIC without a VF."""
+        vf_fileno = getattr(nic.netvsp, "vf_fileno", None)
+        fd = vf_fileno() if vf_fileno is not None and not nic.rescinded else None
+        if fd == nic.vf_fd:
+            return
+        if nic.vf_fd is not None:
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self.selector.unregister(nic.vf_fd)
+        nic.vf_fd = None
+        if fd is not None:
+            self.selector.register(fd, selectors.EVENT_READ, ("vf", nic))
+            nic.vf_fd = fd
+
+    def _poll_vf(self, nic: _Nic) -> None:
+        try:
+            for _ in range(BACKEND_BATCHES_PER_TURN):
+                if not nic.netvsp.poll_vf():
+                    break
+                self._last_activity = self._last_work = self.clock()
+        except Exception:
+            nic.counters["backend_errors"] += 1
+            log.exception("nic %d: VF poll failed", nic.device.index)
 
     def _rescind_device(self, nic: _Nic) -> None:
         """Device removal (host.md 10, host#67): subchannels first, then the primary; the guest's
@@ -594,6 +623,10 @@ class HostServer:
         if backend_fd is not None:
             with contextlib.suppress(KeyError, ValueError):
                 self.selector.unregister(backend_fd)
+        if nic.vf_fd is not None:
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self.selector.unregister(nic.vf_fd)
+            nic.vf_fd = None
         nic.close_sockets()
         nic.device.remove()
         self.tree.nics.remove(nic.device)
@@ -655,6 +688,8 @@ class HostServer:
                 self._irq_readable(nic)
             elif kind == "backend":
                 self._poll_backend(nic)
+            elif kind == "vf":
+                self._poll_vf(nic)
             elif kind == "ctl-listen":
                 sock = self.control.accept()
                 if sock is not None:

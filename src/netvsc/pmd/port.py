@@ -35,6 +35,7 @@ from netvsc.pmd.control import CONTROL_TIMEOUT_S, ControlChannel, ControlWorker,
 from netvsc.pmd.datapath import DataPathConfig, PortDataPath, QueueEngine, compile_kernels
 from netvsc.pmd.devargs import NetvscDevargs, parse_devargs
 from netvsc.pmd.rndis import RndisControl, allocate_control_memory, offload_parameters_for
+from netvsc.pmd.vf import VfManager
 from netvsc.vmbus.channel import Channel
 from netvsc.vmbus.device import VmbusDevice
 from netvsc.vmbus.signal import LATENCY_US_MAX
@@ -160,6 +161,8 @@ class NetvscPort:
         self._rx_engines: list[QueueEngine | None] = []
         self._tx_engines: list[QueueEngine | None] = []
         self.port_id = next(_PORT_IDS)
+        self.vf = VfManager(self)  # spec/pmd.md 7; pmd/vf.py
+        self._vf_path: VfManager | None = None  # set while the data path is on a started VF
 
     # -- open / attach / detach --------------------------------------------------------------
 
@@ -397,7 +400,7 @@ class NetvscPort:
         with contextlib.suppress(NetvscError):
             self._offload_caps = self.rndis.offload_capabilities()
         rx_capa, tx_capa = self._offload_capa()
-        return api.DevInfo(
+        info = api.DevInfo(
             driver_name=self.driver_name,
             device=self.dev.guid,
             max_rx_queues=self.max_queues,
@@ -418,6 +421,7 @@ class NetvscPort:
             nvs_version=self.nvs.version,
             ndis_version=self.nvs.ndis_version,
         )
+        return self.vf.merge_dev_info(info)  # pmd#14
 
     @property
     def flow_type_rss_offloads(self) -> int:
@@ -655,11 +659,13 @@ class NetvscPort:
             self.rndis.set_packet_filter(self._packet_filter())  # pmd#28
             self._started = True
             self._refresh_link(notify=False)
+            self.vf.start()  # start the VF, then switch to it (pmd.md 7.4)
 
     def stop(self) -> None:
         with self._lock:
             if not self._started:
                 return
+            self.vf.stop()  # synthetic before the VF stops (pmd#29)
             self._started = False  # received data is dropped from now on (pmd#30)
             self._rx_engines = [None] * len(self._rx_engines)
             self._tx_engines = [None] * len(self._tx_engines)
@@ -693,6 +699,7 @@ class NetvscPort:
             with contextlib.suppress(NetvscError):
                 self.stop()
             self._started = False
+            self.vf.close()
             self._detach()
             self._closed = True
 
@@ -785,6 +792,11 @@ class NetvscPort:
             raise ConfigError("nb_pkts", nb_pkts, "0 (the batch's capacity) or a positive count")
         # The kernel clamps the count to the batch's capacity.
         count = engine.rx_burst(batch.indices, nb_pkts or _WHOLE_BATCH)
+        vf = self._vf_path
+        if vf is not None:  # synthetic first, the rest of the budget from the VF (pmd#69)
+            capacity = batch.indices.shape[0]
+            budget = min(nb_pkts, capacity) if nb_pkts else capacity
+            count += vf.rx_burst(queue, batch.indices, count, budget - count)
         batch.count = count
         batch.mempool = engine.rx_pool
         return count
@@ -801,6 +813,9 @@ class NetvscPort:
         count = batch.count if not nb_pkts else min(nb_pkts, batch.count)
         if engine is None or count <= 0:
             return 0
+        vf = self._vf_path
+        if vf is not None and (sent := vf.tx_burst(queue, batch, count)) >= 0:
+            return sent  # pmd#91: on the VF while switched and started
         sent = engine.tx_burst(self._datapath.pool_slot(batch.mempool), batch.indices, count)
         if sent:
             remaining = batch.count - sent
@@ -904,6 +919,7 @@ class NetvscPort:
     # -- filters -------------------------------------------------------------------------------
 
     def _update_filter(self) -> None:
+        self.vf.sync_filters()  # pmd#92
         if self._started:
             self.rndis.set_packet_filter(self._packet_filter())
 
@@ -1024,8 +1040,8 @@ class NetvscPort:
 
     def _on_host_event(self, event: HostEvent) -> None:
         """Runs on the control worker: never inside ring processing (pmd#42)."""
-        if event.kind not in ("link", "rescind"):
-            return  # VF events: the VF manager is a later issue
+        if event.kind not in ("link", "rescind", "vf"):
+            return
         if event.kind == "link" and event.status not in (
             wire_rndis.RNDIS_STATUS_MEDIA_CONNECT,
             wire_rndis.RNDIS_STATUS_MEDIA_DISCONNECT,
@@ -1043,12 +1059,19 @@ class NetvscPort:
                 return
             if event.kind == "rescind":
                 self._on_rescind()
+            elif event.kind == "vf":
+                self.vf.on_association(bool(event.status), self.control.vf_serial)  # pmd#85-88
             else:
                 self._refresh_link(notify=True)
         finally:
             self._lock.release()
 
     def _check_rescind(self) -> None:
+        if self.vf.needs_poll and self._lock.acquire(timeout=0.05):
+            try:
+                self.vf.poll()  # a VF that vanished, or one reported before its netdev (pmd.md 7.2)
+            finally:
+                self._lock.release()
         dev = self.dev
         if dev is None or self.rescinded:
             return
@@ -1064,6 +1087,7 @@ class NetvscPort:
             if self.rescinded:
                 return
             self.rescinded = True
+            self.vf.on_rescind()
             self.control.counters["rescinds"] += 1
             self._started = False
             log.warning("port %s: channels rescinded; port stopped", self.device_name)
@@ -1125,17 +1149,18 @@ class NetvscPort:
     # -- stats (the data path of issue 5 updates these counters) ---------------------------------
 
     def stats(self) -> api.PortStats:
-        return pmd_stats.port_stats(self.rx_counters, self.tx_counters)
+        return pmd_stats.port_stats(self.rx_counters, self.tx_counters, self.vf.stats())  # pmd#43
 
     def stats_reset(self) -> None:
         self.rx_counters.reset()
         self.tx_counters.reset()
 
     def xstats(self) -> list[tuple[str, int]]:
-        return pmd_stats.port_xstats(self.rx_counters, self.tx_counters)
+        return pmd_stats.port_xstats(self.rx_counters, self.tx_counters, self.vf.stats(), self.vf.xstats())
 
     def xstats_reset(self) -> None:
         self.stats_reset()
+        self.vf.xstats_reset()  # propagated, unlike stats_reset (pmd.md 7.6)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("started" if self._started else "stopped")
