@@ -6,9 +6,8 @@ spec/pmd.md), plus a fuzz of hostile packets (the driver never crashes or hangs,
 frame is counted, every transfer is completed exactly once) and completions that find the
 ring full (retried, never lost, never repeated).
 
-pmd#69 (the RX burst fills the rest from the VF and relabels VF packets) is not applicable:
-this driver has no VF data path yet (the VF manager is a later issue), so rx_burst returns
-synthetic frames only; nothing here pretends otherwise."""
+pmd#69 (the RX burst fills the rest from the VF and relabels VF packets) needs a VF: it is
+tested in tests/test_pmd_vf.py."""
 
 from __future__ import annotations
 
