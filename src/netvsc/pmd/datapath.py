@@ -278,14 +278,14 @@ class QueueEngine:
             result = self._rx_burst(self.table.table, out, count)
             if result & L.ATTENTION:
                 self._after_kernel()
-        return result & L.COUNT_MASK
+        return int(result) & L.COUNT_MASK  # a Python int in both modes (numpy's when interpreted)
 
     def tx_burst(self, pool_slot: int, indices: np.ndarray, count: int) -> int:
         with self.lock:
             result = self._tx_burst(self.table.table, pool_slot, indices, count)
             if result & L.ATTENTION:
                 self._after_kernel()
-        return result & L.COUNT_MASK
+        return int(result) & L.COUNT_MASK  # a Python int in both modes (numpy's when interpreted)
 
     def poll(self, tx_limit: int = 0, blocking: bool = True) -> int:
         """Process channel events (completions, received frames into the staging ring, control
