@@ -627,28 +627,22 @@ class _Queue:
         frame_size = _next_power_of_two(max(2048, RX_SLOT_OVERHEAD + max_frame + VLAN_TAG))
         block_size = max(frame_size, page)
         per_block = block_size // frame_size
-        rx_bytes = tx_bytes = 0
         state = self.state
-        if rx is not None:
-            blocks = -(-rx.nb_desc // per_block)
+
+        def ring(option: int, nb_desc: int, frames_word: int, size_word: int) -> int:
+            """Ask the kernel for a ring of at least ``nb_desc`` frames; its size in bytes."""
+            blocks = -(-nb_desc // per_block)
             sock.setsockopt(
-                SOL_PACKET,
-                PACKET_RX_RING,
-                struct.pack("4I", block_size, blocks, frame_size, blocks * per_block),
+                SOL_PACKET, option, struct.pack("4I", block_size, blocks, frame_size, blocks * per_block)
             )
-            rx_bytes = blocks * block_size
-            state[S_RX_FRAMES] = blocks * per_block
-            state[S_RX_FRAME_SIZE] = frame_size
+            state[frames_word] = blocks * per_block
+            state[size_word] = frame_size
+            return blocks * block_size
+
+        rx_bytes = ring(PACKET_RX_RING, rx.nb_desc, S_RX_FRAMES, S_RX_FRAME_SIZE) if rx is not None else 0
+        tx_bytes = 0
         if tx is not None:
-            blocks = -(-tx.nb_desc // per_block)
-            sock.setsockopt(
-                SOL_PACKET,
-                PACKET_TX_RING,
-                struct.pack("4I", block_size, blocks, frame_size, blocks * per_block),
-            )
-            tx_bytes = blocks * block_size
-            state[S_TX_FRAMES] = blocks * per_block
-            state[S_TX_FRAME_SIZE] = frame_size
+            tx_bytes = ring(PACKET_TX_RING, tx.nb_desc, S_TX_FRAMES, S_TX_FRAME_SIZE)
             state[S_TX_BASE] = rx_bytes
         with contextlib.suppress(OSError):  # Linux 4.20+; the kernel filter drops them otherwise
             sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
