@@ -423,7 +423,6 @@ def _tx_one(ring, at, capacity, max_frame, pool, head):
     """Copy the packet at ``head`` into a TX slot's data at ``ring[at:]``: its length, or -1 when
     the mbuf is malformed or the frame too long (for the slot or for the MTU)."""
     n = pool.refcnt.shape[0]
-    data_room = pool.state[mp.ST_DATA_ROOM]
     ol_flags = pool.ol_flags[head]
     insert = (ol_flags & np.uint64(mp.TX_VLAN)) != 0
     shift = VLAN_TAG if insert else 0
@@ -433,19 +432,10 @@ def _tx_one(ring, at, capacity, max_frame, pool, head):
     while segment >= 0:
         if segment >= n or steps >= mp.SEGMENTS_MAX or pool.refcnt[segment] <= 0:
             return -1
-        offset = np.int64(pool.data_off[segment])
-        piece = np.int64(pool.data_len[segment])
-        owner = pool.ext_owner[segment]
-        if owner >= 0:
-            source = mp.mp_external_memory(pool, owner)
-            source_at = pool.ext_base[segment] + offset
-        else:
-            source = pool.data
-            source_at = segment * data_room + offset
-            if offset + piece > data_room:
-                return -1
-        if piece < 0 or offset < 0 or source_at < 0 or source_at + piece > source.shape[0]:
+        source, source_at = mp.mp_segment_source(pool, segment)
+        if source_at < 0:
             return -1
+        piece = np.int64(pool.data_len[segment])
         if length + piece + shift > capacity:
             return -1
         copy_bytes(ring, at + shift + length, source, source_at, piece)

@@ -423,6 +423,26 @@ def pool_from_table(table):
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
+def mp_segment_source(pool, segment):
+    """(memory, start) of a segment's data: the pool, or an external owner's memory; start -1
+    when the recorded range does not lie inside that memory."""
+    offset = np.int64(pool.data_off[segment])
+    length = np.int64(pool.data_len[segment])
+    owner = pool.ext_owner[segment]
+    if owner >= 0:
+        memory = mp_external_memory(pool, owner)
+        start = pool.ext_base[segment] + offset
+    else:
+        memory = pool.data
+        start = np.int64(segment) * pool.state[ST_DATA_ROOM] + offset
+        if offset + length > pool.state[ST_DATA_ROOM]:
+            return memory, np.int64(-1)
+    if offset < 0 or length < 0 or start < 0 or start + length > memory.shape[0]:
+        return memory, np.int64(-1)
+    return memory, start
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def mp_chain_append(pool, head, segment):
     """Link the chain at ``segment`` behind the last segment of the chain at ``head``.
 

@@ -68,26 +68,6 @@ def _align(value, alignment):
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
-def _segment_source(pool, segment):
-    """(memory, start) of a segment's data: the pool, or an external owner's memory; start -1
-    when the recorded range does not lie inside that memory."""
-    offset = np.int64(pool.data_off[segment])
-    length = np.int64(pool.data_len[segment])
-    owner = pool.ext_owner[segment]
-    if owner >= 0:
-        memory = mp.mp_external_memory(pool, owner)
-        start = pool.ext_base[segment] + offset
-    else:
-        memory = pool.data
-        start = np.int64(segment) * pool.state[mp.ST_DATA_ROOM] + offset
-        if offset + length > pool.state[mp.ST_DATA_ROOM]:
-            return memory, np.int64(-1)
-    if offset < 0 or length < 0 or start < 0 or start + length > memory.shape[0]:
-        return memory, np.int64(-1)
-    return memory, start
-
-
-@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def _copy_out(pool, head, dst, at, limit):
     """Copy the whole packet at ``head`` to ``dst[at:]``; bytes copied, or -1 if malformed."""
     segment = head
@@ -97,7 +77,7 @@ def _copy_out(pool, head, dst, at, limit):
     while segment >= 0:
         if segment >= n or steps > mp.SEGMENTS_MAX:
             return -1
-        memory, start = _segment_source(pool, segment)
+        memory, start = mp.mp_segment_source(pool, segment)
         length = np.int64(pool.data_len[segment])
         if start < 0 or copied + length > limit:
             return -1
@@ -118,7 +98,7 @@ def _chain_valid(pool, head):
     while segment >= 0:
         if segment >= n or steps >= mp.SEGMENTS_MAX or pool.refcnt[segment] <= 0:
             return False
-        memory, start = _segment_source(pool, segment)
+        memory, start = mp.mp_segment_source(pool, segment)
         if start < 0:
             return False
         total += pool.data_len[segment]
@@ -143,7 +123,7 @@ def _write_at(pool, head, position, value):
             steps += 1
         if segment < 0 or steps > mp.SEGMENTS_MAX:
             return
-        memory, start = _segment_source(pool, segment)
+        memory, start = mp.mp_segment_source(pool, segment)
         if start < 0:
             return
         memory[start + offset] = (value >> (8 - 8 * byte)) & 0xFF
@@ -155,7 +135,7 @@ def _move_inband_tag(table, q, pool, head):
     """pmd#54: an 802.1Q tag in the frame goes to the VLAN PPI; the frame is sent untagged."""
     if pool.ol_flags[head] & np.uint64(mp.TX_VLAN) or pool.data_len[head] < 18:
         return
-    memory, start = _segment_source(pool, head)
+    memory, start = mp.mp_segment_source(pool, head)
     if start < 0 or memory[start + 12] != 0x81 or memory[start + 13] != 0x00:
         return
     tci = read_be16(memory, start + 14)
@@ -349,7 +329,7 @@ def _place_in_chimney(table, q, ptab, head, d, frame_length, ppis):
     q[L.Q_AGG_USED] = used + header + frame_length
     table_array(table, L.T_TXD_PACKETS, np.int32)[agg] += 1
     table_array(table, L.T_TXD_BYTES, np.int64)[agg] += frame_length
-    memory, start = _segment_source(pool, head)
+    memory, start = mp.mp_segment_source(pool, head)
     count_accepted(table_array(table, L.T_TX_COUNTERS, np.int64), memory, start, frame_length)
     mp.mp_free(pool, head)  # copied: the mbuf is done (pmd.md 3.3)
     if q[L.Q_AGG_PACKETS_LEFT] <= 0:
@@ -374,7 +354,7 @@ def _linearize(ptab, chain, head):
     filled = np.int64(0)
     segment = head
     while segment >= 0 and k < needed:
-        memory, start = _segment_source(pool, segment)
+        memory, start = mp.mp_segment_source(pool, segment)
         left = np.int64(pool.data_len[segment])
         if start < 0:
             mp.mp_free_bulk(pool, chain, needed)
@@ -524,7 +504,7 @@ def _send_gpa(table, q, ptab, pool_slot, head, d, frame_length, ppis):
         mp.mp_free(pool, head)
         return _SENT
     table_array(table, L.T_TXD_MBUF, np.int32)[d] = sent_head
-    memory, start = _segment_source(pool, sent_head)
+    memory, start = mp.mp_segment_source(pool, sent_head)
     count_accepted(counters, memory, start, frame_length)
     if sent_head != head:
         mp.mp_free(pool, head)  # the copy is what the host reads
