@@ -4,6 +4,7 @@ Layer 3 (fastpath). Wire formats put u16/u32/u64 fields at offsets a kernel comp
 shared with the host. Assembling a u32 from four indexed bytes costs four loads, four shifts and
 numba's negative-index handling on each byte, which stops LLVM from merging them: it showed as a
 large share of a packet's receive cost. Here each access is one unaligned load or store.
+``copy_by_aligned_words`` copies a short range out of such a buffer by aligned words only.
 
 Callers check offsets against the buffer before use (numba does not). Under NUMBA_BOUNDSCHECK=1
 every access is checked and raises IndexError; with NUMBA_DISABLE_JIT=1 these are plain Python.
@@ -17,7 +18,9 @@ from numba import config, types
 from numba.core import cgutils
 from numba.extending import intrinsic, register_jitable
 
-__all__ = ["load_u16", "load_u32", "load_u64", "store_u16", "store_u32", "store_u64"]
+from netvsc.fastpath.atomics import compiler_barrier
+
+__all__ = ["copy_by_aligned_words", "load_u16", "load_u32", "load_u64", "store_u16", "store_u32", "store_u64"]
 
 
 def _byte_pointer(context, builder, arrty, arr, index, bits):
@@ -144,3 +147,46 @@ else:
     def store_u64(arr, index, value):
         _check(arr, index, 8)
         _store64(arr, index, value)
+
+
+@register_jitable
+def copy_by_aligned_words(dst, dst_start, src, src_start, nbytes):
+    """``dst[dst_start:dst_start+nbytes] = src[src_start:src_start+nbytes]``, reading ``src`` only
+    by 8-byte words at multiples of 8 (each word shifted into place), so that no load crosses a
+    cache line.
+
+    For short copies out of memory another core wrote (a frame in the receive buffer). There a
+    load that straddles two lines not yet in this core's L1, as memcpy's unaligned vector loads
+    mostly do for a 64-byte frame, stalled ~70 ns on the machine measured (AMD EPYC, KVM); word
+    loads did not. RX copy mode went from 177 to 107 ns per frame. Long copies are better left
+    to memcpy. The barrier in each loop keeps LLVM from turning the word loads back into vectors.
+
+    Reads the whole words around the range: the caller checks that ``src[src_start & ~7 :
+    (src_start + nbytes + 7) & ~7]`` and ``dst[dst_start:dst_start+nbytes]`` are inside the arrays.
+    """
+    skew = src_start & 7
+    at = src_start - skew
+    words = max(nbytes, 0) >> 3
+    tail = max(nbytes, 0) & 7
+    last = 0
+    if skew == 0:
+        for k in range(words):
+            store_u64(dst, dst_start + 8 * k, load_u64(src, at + 8 * k))
+            compiler_barrier()
+        if tail:
+            last = load_u64(src, at + 8 * words)
+    elif nbytes > 0:
+        down = 8 * skew
+        up = 64 - down
+        keep = (1 << up) - 1  # >> of an int64 copies the sign bit: mask it off
+        low = load_u64(src, at)
+        for k in range(words):
+            high = load_u64(src, at + 8 * k + 8)
+            store_u64(dst, dst_start + 8 * k, ((low >> down) & keep) | (high << up))
+            low = high
+            compiler_barrier()
+        last = (low >> down) & keep
+        if tail > 8 - skew:  # the tail runs into the next word
+            last |= load_u64(src, at + 8 * words + 8) << up
+    for k in range(tail):
+        dst[dst_start + 8 * words + k] = (last >> (8 * k)) & 0xFF
