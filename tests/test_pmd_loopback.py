@@ -7,6 +7,8 @@ exactly once (the host's own counters)."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
@@ -379,7 +381,9 @@ def test_signals_at_most_once_per_burst_and_each_slot_completed_once(rig, host):
                 n = r.port.rx_burst(0, r.rx)
                 r.rx_pool.free_bulk(r.rx.indices, n)
                 got += n
+        deadline = time.monotonic() + 30
         while got < 32 * (20 if not SLOW else 3):
+            assert time.monotonic() < deadline, f"{got} of {32 * (20 if not SLOW else 3)} frames came back"
             n = r.port.rx_burst(0, r.rx)
             got += n
             r.rx_pool.free_bulk(r.rx.indices, n)

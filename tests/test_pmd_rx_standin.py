@@ -12,6 +12,7 @@ tested in tests/test_pmd_vf.py."""
 from __future__ import annotations
 
 import random
+import time
 
 import numpy as np
 import pytest
@@ -567,7 +568,9 @@ def test_completions_that_find_the_ring_full_are_retried_never_lost_or_repeated(
             tids.append(r.tid())
             r.standin.deliver([message], tids[-1])
         got = 0
+        deadline = time.monotonic() + 30
         while got < 100:
+            assert time.monotonic() < deadline, f"{got} of 100 frames received"
             n = r.port.rx_burst(QUEUE, r.batch)
             r.pool.free_bulk(r.batch.indices, n)
             got += n
