@@ -158,7 +158,7 @@ def copy_by_aligned_words(dst, dst_start, src, src_start, nbytes):
     For short copies out of memory another core wrote (a frame in the receive buffer). There a
     load that straddles two lines not yet in this core's L1, as memcpy's unaligned vector loads
     mostly do for a 64-byte frame, stalled ~70 ns on the machine measured (AMD EPYC, KVM); word
-    loads did not. RX copy mode went from 177 to 107 ns per frame. Long copies are better left
+    loads did not: RX copy mode went from 177 to 113 ns per frame. Long copies are better left
     to memcpy. The barrier in each loop keeps LLVM from turning the word loads back into vectors.
 
     Reads the whole words around the range: the caller checks that ``src[src_start & ~7 :
