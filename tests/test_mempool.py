@@ -21,9 +21,11 @@ from netvsc.ethdev.mempool import (
     mp_drain_external,
     mp_free,
     mp_free_bulk,
+    mp_free_deferred,
     mp_gpa_of,
     mp_gpa_ranges,
     mp_refcnt_update,
+    mp_release_bulk,
 )
 from netvsc.host.guestmem import GuestMemory
 
@@ -143,6 +145,37 @@ def test_double_free_is_counted_and_refused(pool):
 def test_bad_indices_are_counted_and_refused(pool):
     assert pool.free(-1) is False and pool.free(64) is False
     assert pool.bad_indices == 2 and pool.available() == 64
+
+
+def test_deferred_free_returns_buffers_only_at_the_bulk_release(pool):
+    """mp_free_deferred drops the references at once, so a second free of the same packet is a
+    refused double free, but no buffer reaches the free stack before mp_release_bulk, which
+    returns each segment whose last reference went, once."""
+    single = pool.alloc()
+    shared = pool.alloc()
+    pool.refcnt_update(shared, +1)
+    chain = pool.store_frame(bytes(5120))  # 3 segments
+    segments = [int(segment) for segment in pool.segments(chain)]
+    released = np.full(8, -1, dtype=np.int32)
+    count = 0
+    for head in (single, shared, chain):
+        count = mp_free_deferred(pool.arrays, head, released, count)
+    assert count == 4, "the single buffer and the chain's three segments; the shared one is still held"
+    assert pool.available() == 64 - 5 and pool.refcnt(single) == 0 and pool.refcnt(shared) == 1
+    assert mp_free_deferred(pool.arrays, single, released, count) == count and pool.double_frees == 1
+    mp_release_bulk(pool.arrays, released, count)
+    assert pool.available() == 63
+    assert sorted(released[:count].tolist()) == sorted([single, *segments])
+    _free_stack_is_consistent(pool)
+
+
+def test_deferred_free_of_a_chain_longer_than_the_room_frees_it_at_once(pool):
+    """No room left in the list for every segment: freed the ordinary way, nothing listed."""
+    chain = pool.store_frame(bytes(5120))
+    released = np.full(2, -1, dtype=np.int32)
+    assert mp_free_deferred(pool.arrays, chain, released, 0) == 0
+    assert pool.available() == 64 and np.all(released == -1)
+    _free_stack_is_consistent(pool)
 
 
 def test_shared_buffer_is_freed_on_the_second_free_only(pool):

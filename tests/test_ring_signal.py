@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from netvsc.fastpath import ring as kernels
 from netvsc.vmbus.ring import RingReader, RingView, RingWriter
 from netvsc.wire.vmbus import PACKET_TYPE_INBAND, RING_PENDING_SEND_SIZE
 
@@ -69,6 +70,59 @@ def test_a_batch_publishes_once_and_signals_once():
     assert view.write_index == 10 * PACKET_TOTAL
     assert writer.take_signal()
     assert not writer.take_signal()
+
+
+def _stage(view: RingView, writer: RingWriter, transaction_id: int) -> int:
+    piece = np.frombuffer(packet(transaction_id), dtype=np.uint8)
+    return kernels.ring_stage_packet(view.header, view.data, writer.state, (piece,))
+
+
+def _transaction_ids(reader: RingReader) -> list[int]:
+    ids = []
+    while (read := reader.read()) is not None:
+        ids.append(int(read[8:16].view("<u8")[0]))
+    return ids
+
+
+def test_staged_packets_stay_unseen_until_one_publish_with_one_signal():
+    """A burst stages its packets: the write index moves once, at the publish, and the
+    empty -> non-empty rule applies to all of them together."""
+    view, writer, reader = make_ring()
+    for number in range(3):
+        assert _stage(view, writer, number) == 1
+    assert view.write_index == 0 and reader.read() is None
+    assert not writer.take_signal(), "nothing was published yet"
+    kernels.ring_publish(view.header, writer.state)
+    assert view.write_index == 3 * PACKET_TOTAL
+    assert writer.take_signal() and not writer.take_signal()
+    kernels.ring_publish(view.header, writer.state)  # nothing staged: no store, no signal
+    assert view.write_index == 3 * PACKET_TOTAL and not writer.take_signal()
+    assert _transaction_ids(reader) == [0, 1, 2]
+
+
+def test_a_publishing_write_publishes_what_was_staged_before_it():
+    view, writer, reader = make_ring()
+    assert _stage(view, writer, 1) == 1
+    assert writer.try_write(packet(2))
+    assert view.write_index == 2 * PACKET_TOTAL
+    assert writer.take_signal() and not writer.take_signal()
+    assert _transaction_ids(reader) == [1, 2]
+
+
+def test_staging_stops_at_the_readers_index_and_goes_on_once_it_moves():
+    """The writer remembers the space it last saw free and loads the reader's index again only
+    when that runs out: it never writes over unread bytes, and sees space the reader freed."""
+    view, writer, reader = make_ring()
+    staged = 0
+    while _stage(view, writer, staged) == 1:
+        staged += 1
+    assert staged == (DSIZE - 1) // PACKET_TOTAL  # full rule: one total short of dsize stays free
+    kernels.ring_publish(view.header, writer.state)
+    reader.read()
+    reader.read()
+    reader.commit()  # two packets' space given back
+    assert _stage(view, writer, 100) == 1 and _stage(view, writer, 101) == 1
+    assert _stage(view, writer, 102) == 0, "the third would overwrite a packet not yet committed"
 
 
 def test_signal_again_only_after_the_reader_caught_up():

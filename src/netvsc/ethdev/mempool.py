@@ -43,10 +43,10 @@ from netvsc.wire.vmbus import HV_PAGE_SHIFT, HV_PAGE_SIZE
 __all__ = [
     "DATA_ROOM_MAX",
     "DATA_ROOM_MIN",
-    "SEGMENTS_MAX",
     "Mempool",
     "MempoolExhausted",
     "PoolArrays",
+    "SEGMENTS_MAX",
     "mp_alloc_bulk",
     "mp_attach_external",
     "mp_chain_append",
@@ -55,9 +55,11 @@ __all__ = [
     "mp_external_memory",
     "mp_free",
     "mp_free_bulk",
+    "mp_free_deferred",
     "mp_gpa_of",
     "mp_gpa_ranges",
     "mp_refcnt_update",
+    "mp_release_bulk",
     "pool_from_table",
 ]
 
@@ -245,14 +247,9 @@ def mp_refcnt_update(pool, head, delta):
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
-def _refcnt_update(pool, head, delta, locked):
-    """Add ``delta`` to the refcount of every segment of the chain at ``head``.
-
-    Segments that reach 0 are released (a decrement to zero is a free). Returns the head's new
-    refcount, or -1 when refused; a refused update changes nothing but a counter: the whole chain
-    is checked before any segment is touched, so a double free, an underflow, a bad index or a
-    looping chain can never put a buffer on the free stack twice.
-    """
+def _chain_update_valid(pool, head, delta):
+    """The check before a refcount update of the chain at ``head``: every segment in use, in
+    range, not visited twice, and staying >= 0. Returns the number of segments, or -1 (counted)."""
     n = pool.refcnt.shape[0]
     if head < 0 or head >= n:
         pool.state[ST_BAD_INDICES] += 1
@@ -263,7 +260,6 @@ def _refcnt_update(pool, head, delta, locked):
         else:
             pool.state[ST_REFCNT_ERRORS] += 1  # a reference to a free buffer is a use after free
         return -1
-    # Check pass: every segment in use, in range, not visited twice, and stays >= 0.
     segment = head
     steps = 0
     while segment >= 0:
@@ -276,6 +272,20 @@ def _refcnt_update(pool, head, delta, locked):
             return -1
         segment = pool.next_seg[segment]
         steps += 1
+    return steps
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def _refcnt_update(pool, head, delta, locked):
+    """Add ``delta`` to the refcount of every segment of the chain at ``head``.
+
+    Segments that reach 0 are released (a decrement to zero is a free). Returns the head's new
+    refcount, or -1 when refused; a refused update changes nothing but a counter: the whole chain
+    is checked before any segment is touched, so a double free, an underflow, a bad index or a
+    looping chain can never put a buffer on the free stack twice.
+    """
+    if _chain_update_valid(pool, head, delta) < 0:
+        return -1
     new_head = pool.refcnt[head] + delta
     segment = head
     while segment >= 0:
@@ -286,6 +296,42 @@ def _refcnt_update(pool, head, delta, locked):
             _release(pool, segment, locked)
         segment = following
     return new_head
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def mp_free_deferred(pool, head, released, count):
+    """``mp_free`` without the pool's lock: segments whose last reference goes are appended to
+    ``released[count:]`` and reach the free stack at ``mp_release_bulk``. Returns the new count.
+
+    For a kernel freeing packet after packet: the lock is a locked instruction, which waits
+    until every store before it is done (a frame just copied to the host's send buffer
+    included), once per packet. A chain with more segments than ``released`` has room for is
+    freed the ordinary way."""
+    segments = _chain_update_valid(pool, head, -1)
+    if segments < 0:
+        return count
+    if count + segments > released.shape[0]:
+        _refcnt_update(pool, head, -1, False)
+        return count
+    segment = head
+    while segment >= 0:
+        following = pool.next_seg[segment]
+        left = pool.refcnt[segment] - 1
+        pool.refcnt[segment] = left
+        if left == 0:
+            released[count] = segment
+            count += 1
+        segment = following
+    return count
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def mp_release_bulk(pool, released, count):
+    """Return the segments ``released[:count]`` of ``mp_free_deferred`` to the pool, one lock."""
+    _lock(pool)
+    for k in range(count):
+        _release(pool, released[k], True)
+    _unlock(pool)
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)

@@ -62,6 +62,8 @@ WRITER_PACKETS = 2
 WRITER_BYTES = 3  # ring bytes written, descriptors, padding and trailers included
 WRITER_FULL_EVENTS = 4  # calls that had to refuse a packet for lack of space
 WRITER_PROTOCOL_ERRORS = 5
+WRITER_PUBLISHED = 6  # the write index last published; staged packets lie between it and the cursor
+WRITER_FREE_SEEN = 7  # bytes free after the cursor when the peer's read index was last loaded
 WRITER_STATE_WORDS = 8
 
 # Reader state (int64 words).
@@ -173,9 +175,31 @@ def _packet_total_valid(content, padded, dsize):
 
 
 @njit(nogil=True, cache=True)
-def _publish(header, state, batch_start, new_cursor):
-    """Publish the write index, then apply the TX signalling rule (3.7) to this publish."""
-    state[WRITER_CURSOR] = new_cursor
+def _writer_room(header, state, dsize, total):
+    """1 when a ``total``-byte packet fits after the cursor, 0 when the ring is full, or an
+    ``ERR_*`` code. The peer's read index (a cache line the peer writes) is loaded only when the
+    space known free from the last load does not suffice: that space only grows meanwhile."""
+    if state[WRITER_FREE_SEEN] > total:
+        return 1
+    read_index = _writer_peer_read_index(header, state, dsize)
+    if read_index < 0:
+        return read_index
+    compiler_barrier()
+    free = ring_free_bytes(state[WRITER_CURSOR], read_index, dsize)
+    state[WRITER_FREE_SEEN] = free
+    if free <= total:
+        state[WRITER_FULL_EVENTS] += 1
+        return 0
+    return 1
+
+
+@njit(nogil=True, cache=True)
+def _publish(header, state):
+    """Publish the cursor as the write index, then apply the TX signalling rule (3.7) to
+    everything published by this call."""
+    batch_start = state[WRITER_PUBLISHED]
+    new_cursor = state[WRITER_CURSOR]
+    state[WRITER_PUBLISHED] = new_cursor
     # Packet bytes must be in memory before the index that exposes them (3.11); the seq-cst
     # store orders them, the barrier keeps the compiler from sinking plain stores below it.
     compiler_barrier()
@@ -193,12 +217,21 @@ def _publish(header, state, batch_start, new_cursor):
 
 
 @njit(nogil=True, cache=True)
-def ring_write_packet(header, data, state, pieces):
-    """Write one packet gathered from ``pieces`` (a tuple of 1-D uint8 arrays) and publish it.
+def ring_publish(header, state):
+    """Publish the packets staged since the last publish, if any (``ring_stage_packet``)."""
+    if state[WRITER_CURSOR] != state[WRITER_PUBLISHED]:
+        _publish(header, state)
 
-    The pieces are the packet's bytes in order (descriptor first); the kernel adds zero padding
-    to 8 bytes and the trailer. Returns 1 (written), 0 (ring full, nothing written) or an
-    ``ERR_*`` code.
+
+@njit(nogil=True, cache=True)
+def ring_stage_packet(header, data, state, pieces):
+    """Write one packet gathered from ``pieces`` (a tuple of 1-D uint8 arrays) without
+    publishing it: the reader sees it at the next ``ring_publish`` (or publishing write).
+
+    A burst stages its packets and publishes once: each publish is a store to the line the
+    reader polls plus a full fence, which costs more than writing a small packet. The pieces
+    are the packet's bytes in order (descriptor first); the kernel adds zero padding to 8 bytes
+    and the trailer. Returns 1 (written), 0 (ring full, nothing written) or an ``ERR_*`` code.
     """
     dsize = data.shape[0]
     content = 0
@@ -208,25 +241,30 @@ def ring_write_packet(header, data, state, pieces):
     if not _packet_total_valid(content, padded, dsize):
         return ERR_BAD_PACKET_LENGTH
     total = padded + PACKET_TRAILER_SIZE
-    read_index = _writer_peer_read_index(header, state, dsize)
-    if read_index < 0:
-        return read_index
+    room = _writer_room(header, state, dsize, total)
+    if room != 1:
+        return room
     start = state[WRITER_CURSOR]
-    compiler_barrier()
-    if ring_free_bytes(start, read_index, dsize) <= total:
-        state[WRITER_FULL_EVENTS] += 1
-        return 0
     words = data.view(np.int64)
     _zero_padding_word(words, start, padded)
     pos = start
     for piece in pieces:
         pos = _copy_into_ring(data, dsize, pos, piece, 0, piece.shape[0])
     # The trailer holds the packet's start (3.4): u64 ``start << 32``.
-    pos = _store_word(words, ring_advance(start, padded, dsize), start << 32)
+    state[WRITER_CURSOR] = _store_word(words, ring_advance(start, padded, dsize), start << 32)
+    state[WRITER_FREE_SEEN] -= total
     state[WRITER_PACKETS] += 1
     state[WRITER_BYTES] += total
-    _publish(header, state, start, pos)
     return 1
+
+
+@njit(nogil=True, cache=True)
+def ring_write_packet(header, data, state, pieces):
+    """``ring_stage_packet``, then publish (with any packets staged before it)."""
+    result = ring_stage_packet(header, data, state, pieces)
+    if result == 1:
+        _publish(header, state)
+    return result
 
 
 @njit(nogil=True, cache=True)
@@ -269,9 +307,11 @@ def ring_write_batch(header, data, state, blob, offsets, count):
         free -= total
         written += 1
         state[WRITER_BYTES] += total
+    state[WRITER_FREE_SEEN] = free
     if written > 0:
         state[WRITER_PACKETS] += written
-        _publish(header, state, batch_start, pos)
+        state[WRITER_CURSOR] = pos
+        _publish(header, state)
     return written
 
 
@@ -334,9 +374,11 @@ def ring_write_inband_batch(
         free -= total
         written += 1
         state[WRITER_BYTES] += total
+    state[WRITER_FREE_SEEN] = free
     if written > 0:
         state[WRITER_PACKETS] += written
-        _publish(header, state, batch_start, pos)
+        state[WRITER_CURSOR] = pos
+        _publish(header, state)
     return written
 
 

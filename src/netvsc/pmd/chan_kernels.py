@@ -13,7 +13,13 @@ from netvsc.ethdev.mempool import PoolArrays, pool_from_table
 from netvsc.fastpath.addrtable import table_array
 from netvsc.fastpath.atomics import atomic_cas_u32, atomic_or_u32, atomic_store_u32, full_fence
 from netvsc.fastpath.lebytes import load_u16, load_u32, load_u64, store_u16, store_u32, store_u64
-from netvsc.fastpath.ring import ring_commit, ring_take_signal, ring_write_packet
+from netvsc.fastpath.ring import (
+    ring_commit,
+    ring_publish,
+    ring_stage_packet,
+    ring_take_signal,
+    ring_write_packet,
+)
 from netvsc.pmd.qlayout import (
     ATTENTION,
     CONTROL_NONE,
@@ -105,6 +111,18 @@ def write_packet(table, packet):
 
 
 @njit(nogil=True, cache=True, _nrt=False)
+def stage_packet(table, packet):
+    """Like ``write_packet``, but the host sees the packet only at the next publish: the
+    burst's ``flush_tx_signal`` (or any publishing write). 1 written, 0 full, < 0 error."""
+    return ring_stage_packet(
+        table_array(table, T_TX_HEADER, np.uint32),
+        table_array(table, T_TX_DATA, np.uint8),
+        table_array(table, T_TX_STATE, np.int64),
+        (packet,),
+    )
+
+
+@njit(nogil=True, cache=True, _nrt=False)
 def _write_ack(table, transaction_id):
     packet = table_array(table, T_SCRATCH, np.uint8)[:_COMPLETION_BYTES]
     put_u16(packet, 0, PACKET_TYPE_COMPLETION)
@@ -114,13 +132,14 @@ def _write_ack(table, transaction_id):
     put_u64(packet, 8, transaction_id)
     put_u32(packet, 16, NVSP_MSG_SEND_RNDIS_PACKET_COMPLETE)
     put_u32(packet, 20, NVSP_STATUS_SUCCESS)
-    return write_packet(table, packet)
+    return stage_packet(table, packet)  # published with the rest, by flush_tx_signal
 
 
 @njit(nogil=True, cache=True, _nrt=False)
 def acknowledge(table, transaction_id):
     """Complete a receive to the host; on a full ring it is queued and retried by ``retry_acks``,
-    so every transfer-page packet is completed exactly once (pmd.md 2.3)."""
+    so every transfer-page packet is completed exactly once (pmd.md 2.3). The caller publishes
+    it with ``flush_tx_signal``."""
     q = table_array(table, T_QSTATE, np.int64)
     if q[Q_ACK_COUNT] == 0 and _write_ack(table, transaction_id) == 1:
         return
@@ -163,8 +182,12 @@ def signal_host(table):
 
 @njit(nogil=True, cache=True, _nrt=False)
 def flush_tx_signal(table):
-    """One signal for everything written since the last call, if the ring rule asks (pmd#77)."""
-    if ring_take_signal(table_array(table, T_TX_HEADER, np.uint32), table_array(table, T_TX_STATE, np.int64)):
+    """Publish what is staged, then one signal for everything written since the last call, if
+    the ring rule asks (pmd#77)."""
+    header = table_array(table, T_TX_HEADER, np.uint32)
+    state = table_array(table, T_TX_STATE, np.int64)
+    ring_publish(header, state)
+    if ring_take_signal(header, state):
         signal_host(table)
 
 

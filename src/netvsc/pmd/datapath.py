@@ -244,6 +244,7 @@ class QueueEngine:
         t.set(L.T_PARSE, np.zeros(L.PARSE_WORDS, dtype=np.int64))
         t.set(L.T_CHAIN, np.zeros(SEGMENTS_MAX + 1, dtype=np.int32))
         t.set(L.T_RX_CACHE, np.full(L.RX_CACHE_SIZE, -1, dtype=np.int32))
+        t.set(L.T_RELEASED, np.zeros(L.RELEASED_SIZE, dtype=np.int32))
         self.rx_counters = path.rx_counters_row(queue_id)
         self.tx_counters = path.tx_counters_row(queue_id)
         t.set(L.T_RX_COUNTERS, self.rx_counters)
@@ -347,8 +348,12 @@ class QueueEngine:
             with control.ring_lock:
                 for message in messages:
                     control._on_rndis(message)
-        if q[L.Q_SIGNAL_PYTHON]:
-            q[L.Q_SIGNAL_PYTHON] = 0
+        self._signal_if_asked()
+
+    def _signal_if_asked(self) -> None:
+        """A kernel asked for a signal through the interrupt page (no monitor page)."""
+        if self.q[L.Q_SIGNAL_PYTHON]:
+            self.q[L.Q_SIGNAL_PYTHON] = 0
             self.channel._signal()
 
     # -- state -----------------------------------------------------------------------------------
@@ -380,6 +385,8 @@ class QueueEngine:
             # only event processing does: do it now, or a stopped port keeps them (and the
             # host's slots) until it is started again and the mempool is never whole.
             drain_external(self.table.table, self.q)
+            flush_tx_signal(self.table.table)  # the receive completions it wrote
+            self._signal_if_asked()
             return freed
 
     def close(self) -> None:

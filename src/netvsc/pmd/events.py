@@ -27,7 +27,7 @@ from netvsc.pmd.chan_kernels import (
     with_attention,
 )
 from netvsc.pmd.rx_kernels import on_transfer_pages, release_entry
-from netvsc.pmd.tx_resources import on_send_completion
+from netvsc.pmd.tx_resources import on_send_completion, release_freed
 from netvsc.wire.vmbus import PACKET_TYPE_COMPLETION, PACKET_TYPE_XFER_PAGES
 
 EVENTS_BUDGET = 1024  # VMBus packets per call: bounded work however fast the host writes
@@ -108,6 +108,7 @@ def process_events(table, tx_limit, rx_wanted):
         break
     commit_rx(table)
     flush_tx_signal(table)  # receive completions written above
+    release_freed(table, q)  # mbufs of the sends completed above
     return completions
 
 

@@ -52,7 +52,8 @@ T_BOUNCE = 36  # uint8: BOUNCE_SLOTS contiguous buffers in DMA memory, for chain
 T_BOUNCE_GPAS = 37  # uint64: GPA of each 4 KiB page of those buffers
 T_TXD_BOUNCE = 38  # int32: the bounce buffer a send holds until its completion (-1 none)
 T_RX_CACHE = 39  # int32: mbufs of the RX pool taken ahead, RX_CACHE_SIZE at a time
-T_SLOTS = 40
+T_RELEASED = 40  # int32: segments freed by TX whose return to their pool waits (RELEASED_SIZE)
+T_SLOTS = 41
 
 # -- Q_* state words -----------------------------------------------------------------------------
 Q_QUEUE_ID = 0
@@ -112,6 +113,8 @@ Q_BOUNCE_FREE = 52  # bit i set: bounce buffer i is free
 Q_TX_BOUNCED = 53  # packets copied into a bounce buffer (a chain needing more than MAX_GPA_RANGES)
 Q_RX_CACHED = 54  # mbufs in T_RX_CACHE (only inside on_transfer_pages: it ends with none)
 Q_RX_RANGES_LEFT = 55  # ranges of the transfer being handled not handled yet: the most to take
+Q_RELEASED = 56  # entries in T_RELEASED (only inside a kernel call: each one ends with none)
+Q_RELEASED_POOL = 57  # the pool slot they belong to
 Q_WORDS = 64
 
 # Q_CONTROL_KIND values
@@ -148,6 +151,9 @@ PARSE_WORDS = 16  # parse_frame output, then the PPI walk's
 # The RX path takes mbufs from its pool up to this many at a time for the frames of one transfer
 # (one lock per refill, not per frame); what a transfer did not use goes back at its end.
 RX_CACHE_SIZE = 32
+# TX frees packets (copied ones, completed sends) with their pool's lock taken once for up to
+# this many segments, not once per packet.
+RELEASED_SIZE = 512
 
 
 def new_qstate() -> np.ndarray:

@@ -4,8 +4,8 @@ Layer 5 (pmd). Per packet: a descriptor (none: ``ring_full``, the burst stops, p
 in-band 802.1Q tag moved to the VLAN PPI (pmd#54), the PPIs from the mbuf's masked offload
 flags (pmd#75, #76), then the chimney path for frames up to tx_copybreak (aggregated, pmd#71-73)
 or the GPA path (pmd#74). A full ring counts ``channel_full`` and stops the burst with the
-packet not consumed; nothing leaks on any failure. The host is signalled at most once per
-burst (pmd#77).
+packet not consumed; nothing leaks on any failure. Packets are staged in the ring and published
+once, at the end of the burst, and the host is signalled at most once per burst (pmd#77).
 
 Beyond DPDK (spec/pmd.md 3.4, 3.8 pitfalls): a frame falls back to GPA ranges when no chimney
 section is free; a packet whose segments need more than 31 ranges, or whose data lies in
@@ -31,12 +31,20 @@ from netvsc.pmd.chan_kernels import (
     put_u16,
     put_u32,
     put_u64,
+    stage_packet,
     with_attention,
-    write_packet,
 )
 from netvsc.pmd.events import process_events
 from netvsc.pmd.stats import CHANNEL_FULL, ERRORS, RING_FULL, count_accepted
-from netvsc.pmd.tx_resources import bounce_give, bounce_take, chimney_take, descriptor_give, descriptor_take
+from netvsc.pmd.tx_resources import (
+    bounce_give,
+    bounce_take,
+    chimney_take,
+    descriptor_give,
+    descriptor_take,
+    free_later,
+    release_freed,
+)
 from netvsc.wire import nvsp, rndis
 from netvsc.wire.vmbus import (
     GPA_DIRECT_HEADER_SIZE,
@@ -271,7 +279,7 @@ def flush_aggregation(table, q):
     put_u32(packet, 20, nvsp.RNDIS_CHANNEL_TYPE_DATA)
     put_u32(packet, 24, table_array(table, L.T_TXD_CHIMNEY, np.int32)[d])
     put_u32(packet, 28, q[L.Q_AGG_USED])
-    result = write_packet(table, packet)
+    result = stage_packet(table, packet)
     if result == 1:
         q[L.Q_AGG_DESC] = -1
         return True
@@ -284,7 +292,7 @@ def flush_aggregation(table, q):
 
 
 @njit(nogil=True, cache=True, _nrt=False)
-def _place_in_chimney(table, q, ptab, head, d, frame_length, ppis):
+def _place_in_chimney(table, q, ptab, pool_slot, head, d, frame_length, ppis):
     """pmd#71-73: copy the frame into the section being filled (or a new one). Returns _SENT,
     _STOP (a flush failed), or -1 when no section is free (the caller sends by GPA)."""
     pool = pool_from_table(ptab)
@@ -331,7 +339,7 @@ def _place_in_chimney(table, q, ptab, head, d, frame_length, ppis):
     table_array(table, L.T_TXD_BYTES, np.int64)[agg] += frame_length
     memory, start = mp.mp_segment_source(pool, head)
     count_accepted(table_array(table, L.T_TX_COUNTERS, np.int64), memory, start, frame_length)
-    mp.mp_free(pool, head)  # copied: the mbuf is done (pmd.md 3.3)
+    free_later(table, q, pool_slot, head)  # copied: the mbuf is done (pmd.md 3.3)
     if q[L.Q_AGG_PACKETS_LEFT] <= 0:
         flush_aggregation(table, q)  # a failure keeps it pending; the packet is placed either way
     return _SENT
@@ -439,6 +447,7 @@ def _send_gpa(table, q, ptab, pool_slot, head, d, frame_length, ppis):
                 bounce_give(q, bounce)
                 bounce = -1
     if ranges < 0:
+        release_freed(table, q)  # buffers freed earlier in the burst may be needed here
         sent_head = _linearize(ptab, table_array(table, L.T_CHAIN, np.int32), head)
         if sent_head < 0:
             descriptor_give(table, q, d)
@@ -479,7 +488,7 @@ def _send_gpa(table, q, ptab, pool_slot, head, d, frame_length, ppis):
     put_u32(packet, hlen + 4, nvsp.RNDIS_CHANNEL_TYPE_DATA)
     put_u32(packet, hlen + 8, nvsp.SEND_SECTION_INDEX_NONE)
     put_u32(packet, hlen + 12, 0)
-    result = write_packet(table, packet)
+    result = stage_packet(table, packet)
     if result != 1:
         counters = table_array(table, L.T_TX_COUNTERS, np.int64)
         if result == 0:
@@ -501,13 +510,13 @@ def _send_gpa(table, q, ptab, pool_slot, head, d, frame_length, ppis):
         q[L.Q_TX_BOUNCED] += 1
         count_accepted(counters, table_array(table, L.T_BOUNCE, np.uint8), np.int64(bounce) * L.BOUNCE_SLOT,
                        frame_length)
-        mp.mp_free(pool, head)
+        free_later(table, q, pool_slot, head)
         return _SENT
     table_array(table, L.T_TXD_MBUF, np.int32)[d] = sent_head
     memory, start = mp.mp_segment_source(pool, sent_head)
     count_accepted(counters, memory, start, frame_length)
     if sent_head != head:
-        mp.mp_free(pool, head)  # the copy is what the host reads
+        free_later(table, q, pool_slot, head)  # the copy is what the host reads
     return _SENT
 
 
@@ -544,7 +553,7 @@ def _send_one(table, q, ptab, pool_slot, head, parse, ppis):
         mp.mp_free(pool, head)
         return _REFUSED
     if frame_length <= q[L.Q_TX_COPYBREAK] and frame_length + PACKET_WORST_CASE <= q[L.Q_AGG_MAX_BYTES]:
-        result = _place_in_chimney(table, q, ptab, head, d, frame_length, ppis)
+        result = _place_in_chimney(table, q, ptab, pool_slot, head, d, frame_length, ppis)
         if result == _STOP:
             descriptor_give(table, q, d)
             return _STOP
@@ -581,4 +590,5 @@ def tx_burst_kernel(table, pool_slot, indices, count):
             done += 1
         flush_aggregation(table, q)
     flush_tx_signal(table)
+    release_freed(table, q)
     return with_attention(q, done)

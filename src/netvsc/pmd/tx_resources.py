@@ -89,6 +89,30 @@ def bounce_give(q, slot):
 
 
 @njit(nogil=True, cache=True, _nrt=False)
+def free_later(table, q, slot, head):
+    """Free the packet ``head`` of the pool in registry slot ``slot``; segments whose last
+    reference goes return to the pool at ``release_freed``, under one lock for many packets."""
+    released = table_array(table, L.T_RELEASED, np.int32)
+    count = q[L.Q_RELEASED]
+    if count > 0 and (q[L.Q_RELEASED_POOL] != slot or count + mp.SEGMENTS_MAX > released.shape[0]):
+        release_freed(table, q)
+        count = 0
+    q[L.Q_RELEASED_POOL] = slot
+    q[L.Q_RELEASED] = mp.mp_free_deferred(pool_at(table, slot), head, released, count)
+
+
+@njit(nogil=True, cache=True, _nrt=False)
+def release_freed(table, q):
+    """Return the segments ``free_later`` kept to their pool. Every kernel that frees with
+    ``free_later`` calls this before it returns."""
+    count = q[L.Q_RELEASED]
+    if count > 0:
+        q[L.Q_RELEASED] = 0
+        released = table_array(table, L.T_RELEASED, np.int32)
+        mp.mp_release_bulk(pool_at(table, q[L.Q_RELEASED_POOL]), released, count)
+
+
+@njit(nogil=True, cache=True, _nrt=False)
 def release_descriptor(table, q, d):
     """Return what a send held: its chimney section or bounce buffer, its mbuf, the descriptor."""
     section = table_array(table, L.T_TXD_CHIMNEY, np.int32)[d]
@@ -97,7 +121,7 @@ def release_descriptor(table, q, d):
     bounce_give(q, table_array(table, L.T_TXD_BOUNCE, np.int32)[d])
     head = table_array(table, L.T_TXD_MBUF, np.int32)[d]
     if head >= 0:
-        mp.mp_free(pool_at(table, table_array(table, L.T_TXD_POOL, np.int32)[d]), head)
+        free_later(table, q, table_array(table, L.T_TXD_POOL, np.int32)[d], head)
     descriptor_give(table, q, d)
 
 

@@ -151,6 +151,7 @@ class RingWriter(_Endpoint):
 
     def __init__(self, view: RingView) -> None:
         super().__init__(view, RING_WRITE_INDEX, kernels.WRITER_STATE_WORDS)
+        self.state[kernels.WRITER_PUBLISHED] = self.state[kernels.WRITER_CURSOR]
 
     def _check(self, result: int, operation: str, total: int | None = None) -> int:
         if result == kernels.ERR_BAD_PACKET_LENGTH:
