@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
+from netvsc.errors import ConfigError
 from netvsc.ethdev import api
+from netvsc.ethdev.batch import PacketBatch
+from netvsc.ethdev.mempool import Mempool
 from pmd_support import GpaSender, module_host, netvsp, read_frames, wait_for
 
 QUEUES = 4
@@ -100,3 +104,30 @@ def test_a_started_port_leaves_its_queues_to_the_data_path(ports, host):
         sender.close()
     assert len(received) == 32
     assert port.counters().get("data_frames_dropped", 0) == 0
+
+
+def test_bursts_refuse_a_queue_the_port_lacks_and_return_nothing_while_stopped(ports, host):
+    """A started port refuses a burst on a queue it does not have (a negative one included: it
+    is not counted from the end), naming the queue; a stopped port's bursts return 0."""
+    port = ports.open()
+    port.configure(2, 2)
+    pool = Mempool(64, root=host.root)
+    try:
+        port.rx_queue_setup(0, 64, mempool=pool)
+        port.rx_queue_setup(1, 64, mempool=pool)
+        batch = PacketBatch(4, pool)
+        port.start()
+        for queue in (-1, 2, "0"):
+            with pytest.raises(ConfigError, match="rx queue") as caught:
+                port.rx_burst(queue, batch)
+            assert caught.value.value == queue
+            with pytest.raises(ConfigError, match="tx queue"):
+                port.tx_burst(queue, batch)
+        assert port.rx_burst(1, batch) == 0 and batch.count == 0
+        port.stop()
+        batch.count = 1
+        assert port.rx_burst(0, batch) == 0 and batch.count == 0
+        assert port.tx_burst(0, batch) == 0
+    finally:
+        port.close()
+        pool.close()

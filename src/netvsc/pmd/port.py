@@ -58,6 +58,7 @@ TX_DESC_DEFAULT = 512
 TX_FREE_THRESH_DEFAULT = 32
 RX_DESC_DEFAULT = 512
 _WHOLE_BATCH = 1 << 30  # an rx_burst count meaning "as many as the batch holds"
+_NO_POOL = object()
 STOP_DRAIN_S = 1.0  # stop waits this long for outstanding send completions (pmd#29)
 RESCIND_CHECK_S = 0.1
 TEARDOWN_READ_S = 1.0  # the host reads HALT and the revokes before the channel closes
@@ -158,8 +159,7 @@ class NetvscPort:
         self.worker: ControlWorker | None = None
         self._memory = None
         self._datapath: PortDataPath | None = None
-        self._rx_engines: list[QueueEngine | None] = []
-        self._tx_engines: list[QueueEngine | None] = []
+        self._set_engines([], [])
         self.port_id = next(_PORT_IDS)
         self.vf = VfManager(self)  # spec/pmd.md 7; pmd/vf.py
         self._vf_path: VfManager | None = None  # set while the data path is on a started VF
@@ -654,8 +654,11 @@ class NetvscPort:
             if self._datapath is None:
                 self._build_datapath()
             self._datapath.set_started(True)
-            self._rx_engines = [self._datapath.engines.get(q) for q in range(self._config.nb_rx_queues)]
-            self._tx_engines = [self._datapath.engines.get(q) for q in range(self._config.nb_tx_queues)]
+            engines = self._datapath.engines
+            self._set_engines(
+                [engines.get(q) for q in range(self._config.nb_rx_queues)],
+                [engines.get(q) for q in range(self._config.nb_tx_queues)],
+            )
             self.rndis.set_packet_filter(self._packet_filter())  # pmd#28
             self._started = True
             self._refresh_link(notify=False)
@@ -667,8 +670,7 @@ class NetvscPort:
                 return
             self.vf.stop()  # synthetic before the VF stops (pmd#29)
             self._started = False  # received data is dropped from now on (pmd#30)
-            self._rx_engines = [None] * len(self._rx_engines)
-            self._tx_engines = [None] * len(self._tx_engines)
+            self._set_engines([None] * len(self._rx_engines), [None] * len(self._tx_engines))
             path = self._datapath
             if path is not None:
                 path.set_started(False)
@@ -769,36 +771,45 @@ class NetvscPort:
         with contextlib.suppress(Exception):
             path.close()
         self._datapath = None
-        self._rx_engines = []
-        self._tx_engines = []
+        self._set_engines([], [])
+
+    def _set_engines(self, rx: list[QueueEngine | None], tx: list[QueueEngine | None]) -> None:
+        """The queues' engines (None: stopped), and what rx_burst and tx_burst call for them."""
+        self._rx_engines: list[QueueEngine | None] = rx
+        self._tx_engines: list[QueueEngine | None] = tx
+        # Only started queues have an entry: a burst looks up one thing.
+        self._rx_paths = {q: (e.rx_burst, e.rx_pool) for q, e in enumerate(rx) if e is not None}
+        self._tx_paths = {q: (e.tx_burst, self._datapath) for q, e in enumerate(tx) if e is not None}
+        self._tx_pool_slot = (_NO_POOL, -1)  # the last mempool a TX burst came from, and its slot
 
     def _engine(self, engines: list, queue: int, direction: str) -> QueueEngine | None:
-        try:
+        """Queue ``queue``'s engine, None while stopped; a queue the port lacks is refused."""
+        if isinstance(queue, int) and 0 <= queue < len(engines):
             return engines[queue]
-        except (IndexError, TypeError):
-            if self._started:
-                raise ConfigError(f"{direction} queue", queue, f"0..{len(engines) - 1}") from None
-            return None
+        if self._started:
+            raise ConfigError(f"{direction} queue", queue, f"0..{len(engines) - 1}")
+        return None
 
     def rx_burst(self, queue: int, batch: PacketBatch, nb_pkts: int = 0) -> int:
         """Receive up to ``nb_pkts`` (default: the batch's capacity) frames of queue ``queue``
         into ``batch`` (spec/pmd.md 2.1); returns how many. 0 while the port is stopped."""
-        engines = self._rx_engines
-        engine = engines[queue] if 0 <= queue < len(engines) else self._engine(engines, queue, "rx")
-        if engine is None:
+        try:
+            burst, pool = self._rx_paths[queue]
+        except (KeyError, TypeError):
+            self._engine(self._rx_engines, queue, "rx")  # raises for a queue the port lacks
             batch.count = 0
             return 0
-        if nb_pkts < 0:
-            raise ConfigError("nb_pkts", nb_pkts, "0 (the batch's capacity) or a positive count")
-        # The kernel clamps the count to the batch's capacity.
-        count = engine.rx_burst(batch.indices, nb_pkts or _WHOLE_BATCH)
+        if nb_pkts <= 0:
+            if nb_pkts:
+                raise ConfigError("nb_pkts", nb_pkts, "0 (the batch's capacity) or a positive count")
+            nb_pkts = _WHOLE_BATCH  # the kernel clamps the count to the batch's capacity
+        count = burst(batch.indices, nb_pkts)
         vf = self._vf_path
         if vf is not None:  # synthetic first, the rest of the budget from the VF (pmd#69)
-            capacity = batch.indices.shape[0]
-            budget = min(nb_pkts, capacity) if nb_pkts else capacity
+            budget = min(nb_pkts, batch.indices.shape[0])
             count += vf.rx_burst(queue, batch.indices, count, budget - count)
         batch.count = count
-        batch.mempool = engine.rx_pool
+        batch.mempool = pool
         return count
 
     def tx_burst(self, queue: int, batch: PacketBatch, nb_pkts: int = 0) -> int:
@@ -808,15 +819,23 @@ class NetvscPort:
         those leave the batch, and the rest move to its front for the caller to retry or free
         (a full ring or send buffer ends the burst early, never blocks, spec/pmd.md 3.8).
         """
-        engines = self._tx_engines
-        engine = engines[queue] if 0 <= queue < len(engines) else self._engine(engines, queue, "tx")
+        try:
+            burst, path = self._tx_paths[queue]
+        except (KeyError, TypeError):
+            self._engine(self._tx_engines, queue, "tx")  # raises for a queue the port lacks
+            return 0
         count = batch.count if not nb_pkts else min(nb_pkts, batch.count)
-        if engine is None or count <= 0:
+        if count <= 0:
             return 0
         vf = self._vf_path
         if vf is not None and (sent := vf.tx_burst(queue, batch, count)) >= 0:
             return sent  # pmd#91: on the VF while switched and started
-        sent = engine.tx_burst(self._datapath.pool_slot(batch.mempool), batch.indices, count)
+        pool, slot = self._tx_pool_slot
+        if pool is not batch.mempool:
+            pool = batch.mempool
+            slot = path.pool_slot(pool)  # refuses a mempool the port cannot use
+            self._tx_pool_slot = (pool, slot)
+        sent = burst(slot, batch.indices, count)
         if sent:
             remaining = batch.count - sent
             if remaining:
