@@ -5,7 +5,7 @@ Layer 3 (fastpath). Every function here works on numpy arrays only:
 - ``header``: uint32 view of the ring's 4096-byte header page (word indices from wire.vmbus);
 - ``data``: uint8 view of the data area; its length is ``dsize``, a multiple of 8. Since packets
   start on 8-byte boundaries, every aligned 8-byte word lies whole inside the area: descriptors,
-  padding words and trailers are stored and loaded as int64 words of ``data.view(np.int64)``,
+  padding words and trailers are stored and loaded as single 8-byte words (fastpath/lebytes.py),
   and only byte runs (payloads, whole-packet copies) are split at the end (8.6);
 - ``state``: a small int64 array private to one endpoint (a writer or a reader) holding its
   private cursor and counters (layouts ``WRITER_*`` and ``READER_*`` below).
@@ -26,12 +26,14 @@ from numba import njit
 
 from netvsc.fastpath.atomics import (
     atomic_load_u32,
+    atomic_store_release_u32,
     atomic_store_u32,
     compiler_barrier,
     copy_bytes,
     full_fence,
 )
 from netvsc.fastpath.borrow import borrowed
+from netvsc.fastpath.lebytes import load_u64, store_u64
 from netvsc.wire.vmbus import (
     PACKET_ALIGNMENT,
     PACKET_DESCRIPTOR_SIZE,
@@ -73,6 +75,7 @@ READER_PACKETS = 2
 READER_BYTES = 3
 READER_PROTOCOL_ERRORS = 4
 READER_NEEDED = 5  # packet length the caller's buffer lacked room for (ERR_BUFFER_TOO_SMALL)
+READER_AVAIL_SEEN = 6  # bytes readable after the cursor when the peer's write index was last loaded
 READER_STATE_WORDS = 8
 
 # Largest packet body a descriptor can describe (tlen is a u16 count of 8-byte units, 3.5).
@@ -125,24 +128,21 @@ def _copy_into_ring(data, dsize, pos, src, src_start, nbytes):
 
 
 @njit(nogil=True, cache=True)
-def _zero_padding_word(words, pos, padded):
+def _zero_padding_word(data, dsize, pos, padded):
     """Zero the last word of a ``padded``-byte packet starting at ``pos`` before its bytes are
     copied in: the content then overwrites the word's head and the padding stays zero."""
-    word = (pos + padded - 1) >> 3
-    if word >= words.shape[0]:
-        word -= words.shape[0]
-    words[word] = 0
+    last = pos + padded - PACKET_ALIGNMENT
+    if last >= dsize:
+        last -= dsize
+    store_u64(data, last, 0)
 
 
 @njit(nogil=True, cache=True)
-def _store_word(words, pos, value):
+def _store_word(data, dsize, pos, value):
     """Store one 8-byte word at the aligned byte offset ``pos``; returns the offset after it."""
-    word = pos >> 3
-    words[word] = value
-    word += 1
-    if word == words.shape[0]:
-        word = 0
-    return word << 3
+    store_u64(data, pos, value)
+    pos += PACKET_ALIGNMENT
+    return 0 if pos == dsize else pos
 
 
 @njit(nogil=True, cache=True)
@@ -200,10 +200,10 @@ def _publish(header, state):
     batch_start = state[WRITER_PUBLISHED]
     new_cursor = state[WRITER_CURSOR]
     state[WRITER_PUBLISHED] = new_cursor
-    # Packet bytes must be in memory before the index that exposes them (3.11); the seq-cst
-    # store orders them, the barrier keeps the compiler from sinking plain stores below it.
+    # Packet bytes must be in memory before the index that exposes them (3.11): a release
+    # store; the barrier keeps the compiler from sinking plain stores below it.
     compiler_barrier()
-    atomic_store_u32(header, RING_WRITE_INDEX, new_cursor)
+    atomic_store_release_u32(header, RING_WRITE_INDEX, new_cursor)
     # Store of write_index -> load of interrupt_mask needs a full fence, else a reader that
     # is unmasking right now is missed and both sides wait forever (3.11).
     full_fence()
@@ -245,13 +245,12 @@ def ring_stage_packet(header, data, state, pieces):
     if room != 1:
         return room
     start = state[WRITER_CURSOR]
-    words = data.view(np.int64)
-    _zero_padding_word(words, start, padded)
+    _zero_padding_word(data, dsize, start, padded)
     pos = start
     for piece in pieces:
         pos = _copy_into_ring(data, dsize, pos, piece, 0, piece.shape[0])
     # The trailer holds the packet's start (3.4): u64 ``start << 32``.
-    state[WRITER_CURSOR] = _store_word(words, ring_advance(start, padded, dsize), start << 32)
+    state[WRITER_CURSOR] = _store_word(data, dsize, ring_advance(start, padded, dsize), start << 32)
     state[WRITER_FREE_SEEN] -= total
     state[WRITER_PACKETS] += 1
     state[WRITER_BYTES] += total
@@ -285,7 +284,6 @@ def ring_write_batch(header, data, state, blob, offsets, count):
     batch_start = state[WRITER_CURSOR]
     compiler_barrier()
     free = ring_free_bytes(batch_start, read_index, dsize)
-    words = data.view(np.int64)
     pos = batch_start
     written = 0
     for packet_number in range(count):
@@ -301,9 +299,9 @@ def ring_write_batch(header, data, state, blob, offsets, count):
             state[WRITER_FULL_EVENTS] += 1
             break
         packet_start = pos
-        _zero_padding_word(words, pos, padded)
+        _zero_padding_word(data, dsize, pos, padded)
         _copy_into_ring(data, dsize, pos, blob, first, content)
-        pos = _store_word(words, ring_advance(packet_start, padded, dsize), packet_start << 32)
+        pos = _store_word(data, dsize, ring_advance(packet_start, padded, dsize), packet_start << 32)
         free -= total
         written += 1
         state[WRITER_BYTES] += total
@@ -335,7 +333,6 @@ def ring_write_inband_batch(
     batch_start = state[WRITER_CURSOR]
     compiler_barrier()
     free = ring_free_bytes(batch_start, read_index, dsize)
-    words = data.view(np.int64)
     # First descriptor word: type u16, hlen u16 (2), tlen u16 (per packet), flags u16. Built as a
     # signed int64 so that a flags value with bit 15 set stays in range.
     signed_flags = flags & 0xFFFF
@@ -366,11 +363,11 @@ def ring_write_inband_batch(
             break
         tlen = padded // PACKET_ALIGNMENT
         packet_start = pos
-        _zero_padding_word(words, pos, padded)
-        pos = _store_word(words, pos, descriptor_word | (tlen << 32))
-        pos = _store_word(words, pos, transaction_ids[packet_number])
+        _zero_padding_word(data, dsize, pos, padded)
+        pos = _store_word(data, dsize, pos, descriptor_word | (tlen << 32))
+        pos = _store_word(data, dsize, pos, transaction_ids[packet_number])
         _copy_into_ring(data, dsize, pos, payloads, first, payload_length)
-        pos = _store_word(words, ring_advance(packet_start, padded, dsize), packet_start << 32)
+        pos = _store_word(data, dsize, ring_advance(packet_start, padded, dsize), packet_start << 32)
         free -= total
         written += 1
         state[WRITER_BYTES] += total
@@ -440,11 +437,14 @@ def ring_clear_pending_send(header):
 
 @njit(nogil=True, cache=True)
 def _reader_available(header, state, dsize):
-    """Readable bytes from one validated snapshot of the peer's write index, or an error."""
+    """Readable bytes from one validated snapshot of the peer's write index, or an error.
+    The count is remembered (``READER_AVAIL_SEEN``) for the packets that follow."""
     write_index = np.int64(atomic_load_u32(header, RING_WRITE_INDEX))
     if not ring_index_valid(write_index, dsize):
         return np.int64(ERR_BAD_PEER_INDEX)
-    return dsize - ring_free_bytes(write_index, state[READER_CURSOR], dsize)
+    available = dsize - ring_free_bytes(write_index, state[READER_CURSOR], dsize)
+    state[READER_AVAIL_SEEN] = available
+    return available
 
 
 @njit(nogil=True, cache=True)
@@ -464,9 +464,31 @@ def _validated_length(first_word, available):
 
 
 @njit(nogil=True, cache=True)
-def _put_word(out, out_start, value):
-    for byte_number in range(8):
-        out[out_start + byte_number] = (value >> (8 * byte_number)) & 0xFF
+def _next_packet(header, data, dsize, state):
+    """The next packet's validated length and a private copy of its first descriptor word:
+    ``(length, word)``; length 0 when the ring is empty, or an error code.
+
+    The peer's write index (a line the peer writes) is loaded only when the bytes known readable
+    from the last load do not hold the whole packet: they only grow meanwhile.
+    """
+    available = state[READER_AVAIL_SEEN]
+    fresh = available < MIN_PACKET_TOTAL
+    if fresh:
+        available = _reader_available(header, state, dsize)
+        if available <= 0:
+            return available, np.int64(0)
+        if available < MIN_PACKET_TOTAL:
+            return np.int64(ERR_TRUNCATED), np.int64(0)
+    # One load of the length word into private memory; only this copy is validated and used.
+    first_word = load_u64(data, state[READER_CURSOR])
+    length = _validated_length(first_word, available)
+    if length == ERR_TRUNCATED and not fresh:
+        # Known bytes end inside this packet: its rest may have been published since.
+        available = _reader_available(header, state, dsize)
+        if available < 0:
+            return available, np.int64(0)
+        length = _validated_length(first_word, available)
+    return length, first_word
 
 
 @njit(nogil=True, cache=True)
@@ -489,37 +511,20 @@ def ring_peek(header, data, state, descriptor_out):
     Returns the packet length ``tlen * 8``, 0 when empty, or an error. Moves nothing.
     """
     dsize = data.shape[0]
-    available = _reader_available(header, state, dsize)
-    if available < 0:
-        return _count_reader_error(state, available)
     if descriptor_out.shape[0] < PACKET_DESCRIPTOR_SIZE:
         state[READER_NEEDED] = PACKET_DESCRIPTOR_SIZE
         return ERR_BUFFER_TOO_SMALL
-    if available == 0:
-        return 0
-    if available < MIN_PACKET_TOTAL:
-        return _count_reader_error(state, np.int64(ERR_TRUNCATED))
-    words = data.view(np.int64)
-    cursor = state[READER_CURSOR]
-    first_word = words[cursor >> 3]
-    length = _validated_length(first_word, available)
+    length, first_word = _next_packet(header, data, dsize, state)
     if length > 0:
-        _put_word(descriptor_out, 0, first_word)
-        _put_word(descriptor_out, 8, words[ring_advance(cursor, 8, dsize) >> 3])
+        store_u64(descriptor_out, 0, first_word)
+        store_u64(descriptor_out, 8, load_u64(data, ring_advance(state[READER_CURSOR], 8, dsize)))
     return _count_reader_error(state, length)
 
 
 @njit(nogil=True, cache=True)
-def _peek_into(data, words, dsize, state, available, out, out_start):
+def _peek_into(header, data, dsize, state, out, out_start):
     """Copy the next packet into ``out[out_start:]`` without consuming it; its length, 0, or an error."""
-    if available == 0:
-        return np.int64(0)
-    if available < MIN_PACKET_TOTAL:
-        return np.int64(ERR_TRUNCATED)
-    cursor = state[READER_CURSOR]
-    # One load of the length word into private memory; only this copy is validated and used.
-    first_word = words[cursor >> 3]
-    length = _validated_length(first_word, available)
+    length, first_word = _next_packet(header, data, dsize, state)
     if length <= 0:
         return length
     if out.shape[0] - out_start < length:
@@ -527,8 +532,8 @@ def _peek_into(data, words, dsize, state, available, out, out_start):
         return np.int64(ERR_BUFFER_TOO_SMALL)
     # One copy of the packet out of shared memory, then the validated word over its head, so
     # the caller's bytes agree with the lengths checked even if the peer rewrote the ring.
-    _copy_from_ring(data, dsize, cursor, out, out_start, length)
-    _put_word(out, out_start, first_word)
+    _copy_from_ring(data, dsize, state[READER_CURSOR], out, out_start, length)
+    store_u64(out, out_start, first_word)
     return length
 
 
@@ -537,13 +542,14 @@ def _consume(state, length, dsize):
     """Move the private cursor past a packet of ``length`` bytes (its trailer too)."""
     total = length + PACKET_TRAILER_SIZE
     state[READER_CURSOR] = ring_advance(state[READER_CURSOR], total, dsize)
+    state[READER_AVAIL_SEEN] -= total
     state[READER_UNCOMMITTED] += total
     state[READER_BYTES] += total
 
 
 @njit(nogil=True, cache=True)
-def _read_into(data, words, dsize, state, available, out, out_start):
-    length = _peek_into(data, words, dsize, state, available, out, out_start)
+def _read_into(header, data, dsize, state, out, out_start):
+    length = _peek_into(header, data, dsize, state, out, out_start)
     if length > 0:
         _consume(state, length, dsize)
     return length
@@ -553,14 +559,11 @@ def _read_into(data, words, dsize, state, available, out, out_start):
 def ring_read_packet(header, data, state, out):
     """Copy the next packet (descriptor included, ``tlen * 8`` bytes) into ``out`` and consume it.
 
-    Returns its length, 0 when empty, or an error. The read index is published by ``ring_commit``.
+    Returns its length, 0 when empty, or an error (``ERR_BUFFER_TOO_SMALL``: nothing consumed,
+    the length needed in ``READER_NEEDED``). The read index is published by ``ring_commit``.
     """
     header, data, state, out = borrowed(header), borrowed(data), borrowed(state), borrowed(out)
-    dsize = data.shape[0]
-    available = _reader_available(header, state, dsize)
-    if available < 0:
-        return _count_reader_error(state, available)
-    length = _read_into(data, data.view(np.int64), dsize, state, available, out, 0)
+    length = _read_into(header, data, data.shape[0], state, out, 0)
     if length > 0:
         state[READER_PACKETS] += 1
     return _count_reader_error(state, length)
@@ -569,7 +572,7 @@ def ring_read_packet(header, data, state, out):
 @njit(nogil=True, cache=True)
 def ring_read_batch(header, data, state, out, offsets, max_packets):
     """Read up to ``max_packets`` packets back to back into ``out``; packet i is
-    ``out[offsets[i]:offsets[i+1]]``. One snapshot of the write index for the whole batch.
+    ``out[offsets[i]:offsets[i+1]]``.
 
     Returns the number read. A bad packet ends the batch before it; it is reported (as an error
     code) only when it is the first, so the good packets before it are never lost.
@@ -578,21 +581,16 @@ def ring_read_batch(header, data, state, out, offsets, max_packets):
     header, data, state, out = borrowed(header), borrowed(data), borrowed(state), borrowed(out)
     offsets = borrowed(offsets)
     dsize = data.shape[0]
-    available = _reader_available(header, state, dsize)
-    if available < 0:
-        return _count_reader_error(state, available)
-    words = data.view(np.int64)
     offsets[0] = 0
     out_pos = 0
     packets = 0
     limit = min(max_packets, offsets.shape[0] - 1)
     while packets < limit:
-        length = _read_into(data, words, dsize, state, available, out, out_pos)
+        length = _read_into(header, data, dsize, state, out, out_pos)
         if length <= 0:
             if packets == 0:
                 return _count_reader_error(state, length)
             break
-        available -= length + PACKET_TRAILER_SIZE
         out_pos += length
         packets += 1
         offsets[packets] = out_pos
@@ -606,11 +604,7 @@ def ring_peek_packet(header, data, state, out):
     the ring; ``ring_consume`` takes it. For readers that decide per packet whether they handle
     it. Returns its length, 0 when empty, or an error."""
     header, data, state, out = borrowed(header), borrowed(data), borrowed(state), borrowed(out)
-    dsize = data.shape[0]
-    available = _reader_available(header, state, dsize)
-    if available < 0:
-        return _count_reader_error(state, available)
-    return _count_reader_error(state, _peek_into(data, data.view(np.int64), dsize, state, available, out, 0))
+    return _count_reader_error(state, _peek_into(header, data, data.shape[0], state, out, 0))
 
 
 @njit(nogil=True, cache=True)
@@ -624,22 +618,11 @@ def ring_consume(data, state, length):
 def ring_skip(header, data, state):
     """Consume the next packet without copying its body. Returns its length, 0, or an error."""
     dsize = data.shape[0]
-    available = _reader_available(header, state, dsize)
-    if available < 0:
-        return _count_reader_error(state, available)
-    if available == 0:
-        return 0
-    if available < MIN_PACKET_TOTAL:
-        return _count_reader_error(state, np.int64(ERR_TRUNCATED))
-    cursor = state[READER_CURSOR]
-    length = _validated_length(data.view(np.int64)[cursor >> 3], available)
+    length, _ = _next_packet(header, data, dsize, state)
     if length <= 0:
         return _count_reader_error(state, length)
-    total = length + PACKET_TRAILER_SIZE
-    state[READER_CURSOR] = ring_advance(cursor, total, dsize)
-    state[READER_UNCOMMITTED] += total
+    _consume(state, length, dsize)
     state[READER_PACKETS] += 1
-    state[READER_BYTES] += total
     return length
 
 
@@ -653,12 +636,13 @@ def ring_commit(header, data, state):
     dsize = data.shape[0]
     read_index = state[READER_CURSOR]
     bytes_read = state[READER_UNCOMMITTED]
-    state[READER_UNCOMMITTED] = 0
-    # Every copy out of the packets must be done before the writer may reuse their space.
-    compiler_barrier()
-    atomic_store_u32(header, RING_READ_INDEX, read_index)
     if bytes_read == 0:
-        return 0
+        return 0  # the published index is the cursor already: no store to the peer's line
+    state[READER_UNCOMMITTED] = 0
+    # Every copy out of the packets must be done before the writer may reuse their space: a
+    # release store; the barrier keeps the compiler from sinking plain loads below it.
+    compiler_barrier()
+    atomic_store_release_u32(header, RING_READ_INDEX, read_index)
     if (atomic_load_u32(header, RING_FEATURE_BITS) & RING_FEATURE_PENDING_SEND_SIZE) == 0:
         return 0  # the writer does not use pending_send_sz: it polls
     # Store of read_index -> load of pending_send_sz needs a full fence, else a writer that

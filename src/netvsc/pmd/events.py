@@ -15,7 +15,7 @@ from numba import njit
 
 from netvsc.ethdev import mempool as mp
 from netvsc.fastpath.addrtable import table_array
-from netvsc.fastpath.ring import ring_peek, ring_read_packet, ring_skip
+from netvsc.fastpath.ring import ERR_BUFFER_TOO_SMALL, ring_read_packet, ring_skip
 from netvsc.pmd import qlayout as L
 from netvsc.pmd.chan_kernels import (
     commit_rx,
@@ -76,18 +76,14 @@ def process_events(table, tx_limit, rx_wanted):
     completions = 0
     handled = 0
     while handled < EVENTS_BUDGET:
-        length = ring_peek(header, data, state, event)
+        length = ring_read_packet(header, data, state, event)
         if length == 0:
             break
-        if length < 0:
-            q[L.Q_RING_ERRORS] += 1
-            break
-        if length > event.shape[0]:
+        if length == ERR_BUFFER_TOO_SMALL:  # larger than any packet this queue handles
             ring_skip(header, data, state)
             q[L.Q_OVERSIZE_EVENTS] += 1
             continue
-        length = ring_read_packet(header, data, state, event)
-        if length <= 0:
+        if length < 0:
             q[L.Q_RING_ERRORS] += 1
             break
         handled += 1
