@@ -18,7 +18,6 @@ from netvsc.fastpath.ring import (
     ring_publish,
     ring_stage_packet,
     ring_take_signal,
-    ring_write_packet,
 )
 from netvsc.pmd.qlayout import (
     ATTENTION,
@@ -100,20 +99,9 @@ def pool_at(table, slot):
 
 
 @njit(nogil=True, cache=True, _nrt=False)
-def write_packet(table, packet):
-    """Write one pre-built VMBus packet to the guest-to-host ring: 1 written, 0 full, < 0 error."""
-    return ring_write_packet(
-        table_array(table, T_TX_HEADER, np.uint32),
-        table_array(table, T_TX_DATA, np.uint8),
-        table_array(table, T_TX_STATE, np.int64),
-        (packet,),
-    )
-
-
-@njit(nogil=True, cache=True, _nrt=False)
 def stage_packet(table, packet):
-    """Like ``write_packet``, but the host sees the packet only at the next publish: the
-    burst's ``flush_tx_signal`` (or any publishing write). 1 written, 0 full, < 0 error."""
+    """Write one pre-built VMBus packet to the guest-to-host ring, unpublished: the host sees it
+    at the next publish, the burst's ``flush_tx_signal``. 1 written, 0 full, < 0 error."""
     return ring_stage_packet(
         table_array(table, T_TX_HEADER, np.uint32),
         table_array(table, T_TX_DATA, np.uint8),
